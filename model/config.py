@@ -1,0 +1,73 @@
+"""One registry of model configurations, the way timm keeps its architectures.
+
+A configuration names a backbone and a decoder variant; everything else about the head follows
+from the backbone's tap channels and the input size, so there is one place to look.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """The fusion decoder: a stride-1 CNN at 2C channels (spec section 6)."""
+
+    block: str  # "basic" (ResNet basic block) or "mbv3" (MobileNetV3 bottleneck)
+    depth: int
+    expand_ratio: float = 1.0  # E / C for mbv3 blocks
+
+
+DECODERS: dict[str, DecoderSpec] = {
+    # First version of the paper: 7 ResNet basic blocks.
+    "grad": DecoderSpec(block="basic", depth=7),
+    # Final version (CRAD): 11 MobileNetV3 bottlenecks with E = 4C.
+    "crad": DecoderSpec(block="mbv3", depth=11, expand_ratio=4.0),
+    # Small variant: E = C.
+    "crad-s": DecoderSpec(block="mbv3", depth=11, expand_ratio=1.0),
+}
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Shape and behaviour of the trainable GRAD head."""
+
+    channels: int
+    feature_size: int = 28
+    variant: str = "crad-s"
+    local_grid: int = 8
+    global_grid: int = 4
+    jitter_prob: float = 0.5
+    jitter_std: float = 0.05
+    refine_threshold: float = 10.0
+    refine_weight_mask: float = 0.3
+    refine_weight_cos: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.variant not in DECODERS:
+            raise ValueError(f"unknown decoder variant {self.variant!r}; known: {sorted(DECODERS)}")
+
+    @property
+    def decoder(self) -> DecoderSpec:
+        return DECODERS[self.variant]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The reference schedule (spec 'Training'); epochs and batch size are the usual knobs."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    lr_grid: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    step_epochs: int = 40
+    step_gamma: float = 0.1
+    clip_norm: float = 0.1
+    seed: int = 0
+    heldout_fraction: float = 0.15
+    heldout_min: int = 5
+    select_every: int = 1
+    target_fpr: float = 0.01
+    threshold_ratio: float = 0.5
+    extra: dict[str, str] = field(default_factory=dict)

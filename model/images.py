@@ -1,0 +1,73 @@
+"""Image decoding and resizing: the one preprocessing path for training, evaluation and serving.
+
+Pixels stay uint8 RGB until the backbone normalises them, so the same bytes give the same score
+wherever they are scored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this service can read (or exceed the pixel limit)."""
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, BMP, TIFF, ...) to H x W x 3 uint8 RGB.
+
+    With `max_pixels`, a decompression bomb is refused before its full-size decode.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size == 0:
+        raise ImageDecodeError("empty image")
+    if max_pixels is not None:
+        # A 1/8-per-side decode costs 1/64 of the pixels and bounds the full size from below.
+        small = cv2.imdecode(buf, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        if small is None:
+            raise ImageDecodeError("undecodable image")
+        h8, w8 = small.shape[:2]
+        if (8 * (h8 - 1) + 1) * (8 * (w8 - 1) + 1) > max_pixels:
+            raise ImageDecodeError(f"image exceeds the limit of {max_pixels} pixels")
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise ImageDecodeError("undecodable image")
+    if max_pixels is not None and img.shape[0] * img.shape[1] > max_pixels:
+        raise ImageDecodeError(
+            f"image has {img.shape[0] * img.shape[1]} pixels, limit {max_pixels}"
+        )
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    return decode_image(Path(path).read_bytes(), max_pixels)
+
+
+def resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Square resize; area averaging when shrinking (no aliasing), bilinear when growing."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    shrink = img.shape[0] > size or img.shape[1] > size
+    return cv2.resize(
+        img, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
+
+
+def read_mask(path: Path | None, size: int, like: tuple[int, int] | None = None) -> np.ndarray:
+    """Binary defect mask at size x size by nearest neighbour; all zeros when there is none."""
+    if path is None:
+        return np.zeros((size, size), dtype=bool)
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise ImageDecodeError(f"unreadable mask {path}")
+    return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) > 127
+
+
+def to_batch(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """List of H x W x 3 uint8 RGB images to a B x 3 x size x size uint8 tensor."""
+    arr = np.stack([resize(im, size) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,151 @@
+"""Inference API: load a checkpoint once, then score batches of images on CPU or CUDA.
+
+Evaluation and the worker both go through `Inspector.inspect`, and training calibrates through
+the same `head_scores`, so every score in the system comes from one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.backbone import FrozenBackbone, WeightsError, build_backbone
+from model.calibration import confidence
+from model.checkpoint import from_bytes, load_checkpoint
+from model.config import HeadConfig
+from model.grad import GRADHead
+from model.images import to_batch
+from model.scoring import score_features
+from schemas import CheckpointMeta, ClassCalibration
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_for(device: torch.device):
+    """Mixed precision on CUDA (fp16 convolutions); full precision on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def head_scores(
+    head: GRADHead, x: torch.Tensor, image_size: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly maps (B x S x S) and image scores (B) for backbone features x, in float32."""
+    device = device or x.device
+    with autocast_for(device):
+        x_hat = head(x)
+    return score_features(x, x_hat, image_size)
+
+
+def head_config_from(meta: CheckpointMeta) -> HeadConfig:
+    return HeadConfig(
+        channels=meta.channels,
+        feature_size=meta.feature_size,
+        variant=meta.variant,
+        local_grid=meta.local_grid,
+        global_grid=meta.global_grid,
+        refine_threshold=meta.refine_threshold,
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision for one image, with the calibration it was taken against."""
+
+    product_class: str | None
+    score: float
+    threshold: float
+    confidence: float
+    is_anomalous: bool
+    calibrated: bool
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    maps: np.ndarray  # B x S x S float32, the raw anomaly maps
+    scores: np.ndarray  # B float32
+    verdicts: list[Verdict]
+
+
+class Inspector:
+    """A loaded GRAD model: frozen backbone, trained head, per-class calibration."""
+
+    def __init__(
+        self, backbone: FrozenBackbone, head: GRADHead, meta: CheckpointMeta, device: torch.device
+    ) -> None:
+        self.backbone = backbone.to(device).eval()
+        self.head = head.to(device).eval()
+        self.meta = meta
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        source: Path | bytes,
+        device: str | torch.device = "auto",
+        backbone_weights: Path | None = None,
+    ) -> Inspector:
+        tensors, meta = from_bytes(source) if isinstance(source, bytes) else load_checkpoint(source)
+        backbone = build_backbone(meta.backbone, backbone_weights)
+        have, want = backbone.info.weights_sha256, meta.backbone_weights_sha256
+        if have != want:
+            raise WeightsError(
+                "backbone weights differ from the ones this checkpoint was trained with "
+                f"(sha256 {have[:12]} != {want[:12]})"
+            )
+        head = GRADHead(head_config_from(meta))
+        head.load_state_dict(tensors, strict=True)
+        return cls(backbone, head, meta, resolve_device(device))
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    def calibration_for(self, product_class: str | None) -> tuple[ClassCalibration, bool]:
+        """The class's own calibration, or the model's global one (calibrated=False)."""
+        cal = self.meta.calibration.get(product_class) if product_class else None
+        return (cal, True) if cal is not None else (self.meta.global_calibration, False)
+
+    @torch.no_grad()
+    def inspect(
+        self,
+        images: Sequence[np.ndarray] | torch.Tensor,
+        classes: Sequence[str | None] | None = None,
+    ) -> BatchResult:
+        """Score a batch: H x W x 3 uint8 RGB arrays (any size), or a B x 3 x S x S uint8 tensor."""
+        size = self.meta.image_size
+        batch = images if isinstance(images, torch.Tensor) else to_batch(list(images), size)
+        batch = batch.to(self.device, non_blocking=True)
+        with autocast_for(self.device):
+            x = self.backbone(batch)
+        maps, scores = head_scores(self.head, x.float(), size, self.device)
+        maps_np = maps.cpu().numpy().astype(np.float32)
+        scores_np = scores.cpu().numpy().astype(np.float32)
+        classes = list(classes) if classes is not None else [None] * len(scores_np)
+        if len(classes) != len(scores_np):
+            raise ValueError(f"{len(classes)} classes for {len(scores_np)} images")
+        verdicts = []
+        for cls_name, s in zip(classes, scores_np, strict=True):
+            cal, calibrated = self.calibration_for(cls_name)
+            verdicts.append(
+                Verdict(
+                    product_class=cls_name,
+                    score=float(s),
+                    threshold=cal.threshold,
+                    confidence=float(confidence(float(s), cal)),
+                    is_anomalous=bool(s > cal.threshold),
+                    calibrated=calibrated,
+                )
+            )
+        return BatchResult(maps=maps_np, scores=scores_np, verdicts=verdicts)

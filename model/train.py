@@ -1,0 +1,277 @@
+"""`python -m model.train --data DIR --out CKPT`: one unified GRAD model for every class.
+
+Reads `train/good` of each class only. A seeded share of it is held out: the epoch with the
+lowest held-out reconstruction loss is kept, and the per-class thresholds are calibrated on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.backbone import build_backbone
+from model.calibration import calibrate
+from model.checkpoint import content_version, save_checkpoint
+from model.config import DECODERS, HeadConfig, TrainConfig
+from model.data import split_heldout, train_images
+from model.features import cached_features
+from model.grad import GRADHead, count_trainable
+from model.inference import head_scores, resolve_device
+from model.refinement import derive_refine_threshold, mse_percentile, reconstruction_loss
+from model.settings import ModelSettings
+from schemas import CheckpointMeta
+
+THRESHOLD_RULES = ("energy", "heldout-p99")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@torch.no_grad()
+def heldout_loss(head: GRADHead, feats: torch.Tensor, device: torch.device, bs: int = 64) -> float:
+    head.eval()
+    total = 0.0
+    for i in range(0, len(feats), bs):
+        x = feats[i : i + bs].to(device)
+        total += float(reconstruction_loss(head(x), x)) * len(x)
+    return total / len(feats)
+
+
+def fit_head(
+    head: GRADHead,
+    feats: torch.Tensor,
+    held: torch.Tensor,
+    cfg: TrainConfig,
+    device: torch.device,
+    gen: torch.Generator,
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """The reference optimisation; returns the best state by held-out loss and the history."""
+    opt = torch.optim.AdamW(
+        [
+            {"params": head.grid_parameters(), "lr": cfg.lr_grid},
+            {"params": head.other_parameters(), "lr": cfg.lr},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs, gamma=cfg.step_gamma)
+    n = len(feats)
+    best, best_state, history = float("inf"), None, []
+    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch")
+    for epoch in bar:
+        head.train()
+        t0, seen, running = time.perf_counter(), 0, 0.0
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on a single sample
+                continue
+            x = feats[idx].to(device, non_blocking=True)
+            loss = reconstruction_loss(head(x), x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.clip_norm)
+            opt.step()
+            running += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{running / seen:.4f}")
+        sched.step()
+        row = {
+            "epoch": epoch + 1,
+            "loss": running / max(seen, 1),
+            "seconds": time.perf_counter() - t0,
+        }
+        if (epoch + 1) % cfg.select_every == 0 or epoch + 1 == cfg.epochs:
+            row["heldout_loss"] = heldout_loss(head, held, device)
+            if row["heldout_loss"] < best:
+                best = row["heldout_loss"]
+                best_state = copy.deepcopy(head.state_dict())
+                row["selected"] = 1.0
+            bar.set_postfix(loss=f"{row['loss']:.4f}", heldout=f"{row['heldout_loss']:.4f}")
+        history.append(row)
+    assert best_state is not None
+    return best_state, history
+
+
+def train(
+    data: Path,
+    out: Path,
+    cfg: TrainConfig,
+    settings: ModelSettings,
+    variant: str = "crad-s",
+    classes: list[str] | None = None,
+    threshold_rule: str = "energy",
+    jitter: bool = True,
+) -> CheckpointMeta:
+    started = time.perf_counter()
+    gen = seed_everything(cfg.seed)
+    device = resolve_device(settings.device)
+    size = settings.image_size
+    train_set, held_set = split_heldout(
+        train_images(data, classes), cfg.heldout_fraction, cfg.heldout_min, cfg.seed
+    )
+    names = sorted(train_set)
+    backbone = build_backbone(settings.backbone, settings.backbone_weights).to(device)
+    cache = settings.cache_dir
+    feats = torch.cat(
+        [cached_features(backbone, train_set[c], size, device, cache, f"train {c}") for c in names]
+    )
+    held = {
+        c: cached_features(backbone, held_set[c], size, device, cache, f"held-out {c}")
+        for c in names
+    }
+    held_all = torch.cat([held[c] for c in names])
+    feat_seconds = time.perf_counter() - started
+
+    threshold = derive_refine_threshold(feats, cfg.threshold_ratio)
+    head_cfg = HeadConfig(
+        channels=feats.shape[1],
+        feature_size=feats.shape[2],
+        variant=variant,
+        refine_threshold=threshold,
+        jitter_prob=0.5 if jitter else 0.0,
+    )
+    head = GRADHead(head_cfg).to(device)
+    tqdm.write(
+        f"GRAD {variant}: {count_trainable(head) / 1e6:.2f} M trainable parameters, "
+        f"{len(feats)} training and {len(held_all)} held-out images over {len(names)} classes, "
+        f"refinement threshold {threshold:.3f} ({threshold_rule})"
+    )
+    t0 = time.perf_counter()
+    best_state, history = fit_head(head, feats, held_all, cfg, device, gen)
+    train_seconds = time.perf_counter() - t0
+    head.load_state_dict(best_state)
+    head.eval()
+
+    if threshold_rule == "heldout-p99":
+        with torch.no_grad():
+            x = held_all.to(device)
+            threshold = mse_percentile(head.reconstruct(x), x, 99.0)
+        head_cfg = HeadConfig(**{**asdict(head_cfg), "refine_threshold": threshold})
+        head.cfg = head_cfg
+
+    scores = {c: head_scores(head, held[c].to(device), size)[1].cpu().numpy() for c in names}
+    calibration = {c: calibrate(scores[c], cfg.target_fpr) for c in names}
+    global_cal = calibrate(np.concatenate([scores[c] for c in names]), cfg.target_fpr)
+
+    selected = [r for r in history if r.get("selected")]
+    tensors = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+    info = backbone.info
+    meta_fields = dict(
+        version="",
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        backbone=info.name,
+        backbone_weights_sha256=info.weights_sha256,
+        taps=info.taps,
+        tap_channels=info.tap_channels,
+        image_size=size,
+        mean=info.mean,
+        std=info.std,
+        variant=variant,
+        channels=head_cfg.channels,
+        feature_size=head_cfg.feature_size,
+        local_grid=head_cfg.local_grid,
+        global_grid=head_cfg.global_grid,
+        refine_threshold=head_cfg.refine_threshold,
+        refine_threshold_rule=threshold_rule,
+        calibration=calibration,
+        global_calibration=global_cal,
+        classes=tuple(names),
+        train_images={c: len(train_set[c]) for c in names},
+        heldout_images={c: len(held_set[c]) for c in names},
+        training={
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "best_epoch": int(selected[-1]["epoch"]),
+            "best_heldout_loss": float(selected[-1]["heldout_loss"]),
+            "feature_seconds": round(feat_seconds, 1),
+            "train_seconds": round(train_seconds, 1),
+            "device": str(device),
+        },
+    )
+    draft = CheckpointMeta(**meta_fields)
+    version = content_version(tensors, draft.model_dump(mode="json"))
+    meta = draft.model_copy(update={"version": version})
+    save_checkpoint(out, tensors, meta)
+    Path(str(out) + ".history.json").write_text(json.dumps(history, indent=1))
+    return meta
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="MVTec-layout directory")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--variant", choices=sorted(DECODERS), default="crad-s")
+    p.add_argument("--classes", nargs="*", help="train on these classes only")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--step-epochs", type=int, default=d.step_epochs, help="StepLR period")
+    p.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction)
+    p.add_argument("--target-fpr", type=float, default=d.target_fpr)
+    p.add_argument(
+        "--threshold-ratio",
+        type=float,
+        default=d.threshold_ratio,
+        help="refinement threshold as a fraction of the mean feature energy",
+    )
+    p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="energy")
+    p.add_argument("--no-jitter", action="store_true", help="ablation: disable coordinate jitter")
+    p.add_argument("--backbone", help="timm architecture (default from GRAD_BACKBONE)")
+    p.add_argument("--backbone-weights", type=Path, help="weights file for the backbone")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 or auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    overrides = {
+        k: v
+        for k, v in {
+            "backbone": args.backbone,
+            "backbone_weights": args.backbone_weights,
+            "device": args.device,
+        }.items()
+        if v is not None
+    }
+    settings = ModelSettings(**overrides)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        step_epochs=args.step_epochs,
+        heldout_fraction=args.heldout_fraction,
+        target_fpr=args.target_fpr,
+        threshold_ratio=args.threshold_ratio,
+    )
+    meta = train(
+        args.data,
+        args.out,
+        cfg,
+        settings,
+        args.variant,
+        args.classes,
+        args.threshold_rule,
+        jitter=not args.no_jitter,
+    )
+    print(
+        f"wrote {args.out} (version {meta.version}, best epoch {meta.training['best_epoch']}, "
+        f"{meta.training['train_seconds']} s training)"
+    )
+
+
+if __name__ == "__main__":
+    main()

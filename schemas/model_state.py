@@ -1,0 +1,66 @@
+"""What a trained GRAD model is, as data: the metadata stored beside its tensors.
+
+A checkpoint may arrive from Redis or object storage, so everything needed to reproduce
+preprocessing and scoring lives here as plain JSON, validated on load, never pickled.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class ClassCalibration(BaseModel):
+    """Per-class decision state learned from normal images only.
+
+    ``threshold`` is the image score above which an image is called anomalous; ``confidence``
+    is a logistic of ``(score - threshold) / scale`` so it reads 0.5 exactly at the threshold.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    threshold: float
+    scale: float = Field(gt=0, description="logistic temperature of the confidence")
+    target_fpr: float = Field(gt=0, lt=1)
+    n_images: int = Field(ge=1, description="held-out normal images the threshold came from")
+    mean: float
+    std: float = Field(ge=0)
+    median: float
+    q99: float
+    max: float
+    method: str = Field(description="how the threshold was set, e.g. 'lognormal' or 'empirical'")
+
+
+class CheckpointMeta(BaseModel):
+    """Everything needed to rebuild the network and score exactly as training measured."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    schema_version: int = SCHEMA_VERSION
+    version: str = Field(description="content id: hash of the tensors and of this metadata")
+    created_at: str
+    # Backbone and preprocessing.
+    backbone: str
+    backbone_weights_sha256: str
+    taps: tuple[int, ...] = Field(description="timm feature indices tapped (stride 8 and 16)")
+    tap_channels: tuple[int, ...]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # Head.
+    variant: str = Field(description="decoder variant: grad, crad or crad-s")
+    channels: int
+    feature_size: int
+    local_grid: int
+    global_grid: int
+    refine_threshold: float = Field(gt=0)
+    refine_threshold_rule: str
+    # Decisions.
+    calibration: dict[str, ClassCalibration]
+    global_calibration: ClassCalibration
+    # Provenance.
+    classes: tuple[str, ...]
+    train_images: dict[str, int]
+    heldout_images: dict[str, int]
+    training: dict[str, float | int | str | bool | None] = Field(default_factory=dict)

@@ -1,0 +1,66 @@
+"""Shared fixtures. Real images come from a setting, never from the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class TestSettings(BaseSettings):
+    """Where the tests find data they may not ship (GRAD_TEST_INDUSTRIAL_DATA)."""
+
+    __test__ = False  # not a test class
+    model_config = SettingsConfigDict(env_prefix="GRAD_TEST_")
+    industrial_data: Path = REPO.parent / "shared" / "data" / "industrial"
+
+
+SETTINGS = TestSettings()
+
+
+@pytest.fixture(scope="session")
+def industrial() -> Path:
+    root = SETTINGS.industrial_data
+    if not (root / "magnetic_tile" / "train" / "good").is_dir():
+        pytest.skip(
+            f"real industrial images not found at {root}; set GRAD_TEST_INDUSTRIAL_DATA "
+            "to an MVTec-layout copy (CI always has them)"
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model.sample import make_sample
+
+    return make_sample(
+        tmp_path_factory.mktemp("sample"), n_train=24, n_test_good=6, n_test_defect=6
+    )
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from model.backbone import build_backbone
+
+    return build_backbone()
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tmp_path_factory: pytest.TempPathFactory):
+    from model.settings import ModelSettings
+
+    return ModelSettings(device="cpu", cache_dir=tmp_path_factory.mktemp("feature-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(sample_data: Path, tiny_settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GRAD model trained for two short epochs on the generated sample set."""
+    from model.config import TrainConfig
+    from model.train import train
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    train(sample_data, out, TrainConfig(epochs=2, batch_size=8, seed=7), tiny_settings)
+    return out

@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from model.calibration import calibrate, confidence
+
+
+@pytest.mark.parametrize("n", [20, 60, 300])
+def test_lognormal_threshold_hits_target_fpr_on_held_out_scores(n):
+    rng = np.random.default_rng(n)
+    fprs = []
+    for _ in range(200):
+        cal = calibrate(rng.lognormal(1.0, 0.3, n), target_fpr=0.01)
+        assert cal.method == "lognormal"
+        fresh = rng.lognormal(1.0, 0.3, 5000)
+        fprs.append(float((fresh > cal.threshold).mean()))
+    # Averaged over calibration sets, the realised rate is the target (small-sample bias aside).
+    assert 0.007 < np.mean(fprs) < 0.02
+
+
+def test_empirical_threshold_with_many_scores():
+    rng = np.random.default_rng(0)
+    scores = rng.gamma(4.0, 1.0, 5000)  # not log-normal: the empirical quantile must be used
+    cal = calibrate(scores, target_fpr=0.01)
+    assert cal.method == "empirical"
+    fresh = rng.gamma(4.0, 1.0, 200_000)
+    assert (fresh > cal.threshold).mean() == pytest.approx(0.01, abs=0.002)
+
+
+def test_statistics_and_confidence():
+    scores = np.array([1.0, 1.2, 0.9, 1.1, 1.05, 0.95])
+    cal = calibrate(scores, target_fpr=0.05)
+    assert cal.n_images == 6 and cal.max == 1.2
+    assert cal.mean == pytest.approx(scores.mean())
+    assert cal.threshold > cal.max * 0.95
+    assert confidence(cal.threshold, cal) == pytest.approx(0.5)
+    c = confidence(np.array([0.5, cal.threshold, 5.0]), cal)
+    assert c[0] < 0.5 < c[2] and np.all(np.diff(c) > 0)
+
+
+def test_calibration_refuses_too_little_data():
+    with pytest.raises(ValueError):
+        calibrate(np.array([1.0]))
+    with pytest.raises(ValueError):
+        calibrate(np.array([1.0, 2.0]), target_fpr=0)

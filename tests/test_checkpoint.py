@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError, from_bytes, load_checkpoint, read_meta, to_bytes
+from model.config import TrainConfig
+from model.data import split_heldout, train_images
+from model.images import read_image
+from model.inference import Inspector
+from model.train import train
+
+
+def test_metadata_holds_what_scoring_needs(tiny_ckpt):
+    meta = read_meta(tiny_ckpt)
+    assert meta.backbone == "tf_efficientnet_lite0"
+    assert len(meta.backbone_weights_sha256) == 64
+    assert meta.tap_channels == (40, 112) and meta.channels == 152
+    assert meta.image_size == 224 and meta.mean == (0.5, 0.5, 0.5)
+    assert meta.variant == "crad-s" and meta.refine_threshold > 0
+    assert set(meta.calibration) == {"fabric", "ring"}
+    assert meta.version.startswith("grad-")
+
+
+def test_round_trip_gives_identical_scores(tiny_ckpt, sample_data):
+    a = Inspector.from_checkpoint(tiny_ckpt, "cpu")
+    b = Inspector.from_checkpoint(tiny_ckpt.read_bytes(), "cpu")
+    imgs = [read_image(p) for p in sorted((sample_data / "ring" / "test").rglob("*.png"))[:6]]
+    ra, rb = a.inspect(imgs, ["ring"] * 6), b.inspect(imgs, ["ring"] * 6)
+    np.testing.assert_array_equal(ra.scores, rb.scores)
+    np.testing.assert_array_equal(ra.maps, rb.maps)
+    # The loaded model reproduces the held-out scores that training calibrated on.
+    meta = a.meta
+    _, held = split_heldout(train_images(sample_data), 0.15, 5, seed=7)
+    for c, paths in held.items():
+        scores = a.inspect([read_image(p) for p in paths], [c] * len(paths)).scores
+        assert float(scores.mean()) == pytest.approx(meta.calibration[c].mean, rel=1e-4)
+        assert float(scores.max()) == pytest.approx(meta.calibration[c].max, rel=1e-4)
+
+
+def test_tampering_is_detected(tiny_ckpt):
+    tensors, meta = load_checkpoint(tiny_ckpt)
+    tensors = dict(tensors)
+    tensors["local_grid"] = tensors["local_grid"] + 1e-3
+    with pytest.raises(CheckpointError, match="hashes to"):
+        from_bytes(to_bytes(tensors, meta))
+    _, meta = load_checkpoint(tiny_ckpt)
+    raised = meta.model_copy(update={"refine_threshold": meta.refine_threshold * 2})
+    with pytest.raises(CheckpointError, match="hashes to"):
+        from_bytes(to_bytes(load_checkpoint(tiny_ckpt)[0], raised))
+    with pytest.raises(CheckpointError):
+        from_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tiny_ckpt.with_name("nope.safetensors"))
+
+
+def test_checkpoint_is_safetensors_not_pickle(tiny_ckpt):
+    data = tiny_ckpt.read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    assert "grad_meta" in header["__metadata__"]
+    assert not data.startswith(b"PK") and b"\x80\x02" not in data[:2]
+
+
+def test_unknown_class_is_scored_uncalibrated(tiny_ckpt, sample_data):
+    insp = Inspector.from_checkpoint(tiny_ckpt, "cpu")
+    img = read_image(next((sample_data / "fabric" / "test" / "good").glob("*.png")))
+    res = insp.inspect([img, img], ["fabric", "washer"])
+    known, unknown = res.verdicts
+    assert known.calibrated and not unknown.calibrated
+    assert unknown.threshold == insp.meta.global_calibration.threshold
+    assert known.score == unknown.score
+    assert res.maps.shape == (2, 224, 224) and res.maps.dtype == np.float32
+    for v in res.verdicts:
+        assert v.is_anomalous == (v.score > v.threshold)
+        assert (v.confidence > 0.5) == v.is_anomalous
+
+
+def test_same_seed_same_model(sample_data, tiny_settings, tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=8, seed=11)
+    a = train(sample_data, tmp_path / "a.safetensors", cfg, tiny_settings)
+    b = train(sample_data, tmp_path / "b.safetensors", cfg, tiny_settings)
+    assert a.version == b.version
+    ta, tb = (
+        load_checkpoint(tmp_path / "a.safetensors")[0],
+        load_checkpoint(tmp_path / "b.safetensors")[0],
+    )
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)

@@ -1,0 +1,33 @@
+import torch
+import torch.nn.functional as F
+
+from model.scoring import anomaly_maps, image_scores
+
+
+def reference_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """The spec's Scoring section, written the naive way."""
+    d = torch.sqrt(((x_hat - x) ** 2).sum(1, keepdim=True))
+    d = F.interpolate(d, scale_factor=8, mode="bilinear", align_corners=True)
+    return F.avg_pool2d(d, 21, stride=1, padding=10, count_include_pad=True)[:, 0]
+
+
+def test_map_and_score_match_the_naive_spec():
+    torch.manual_seed(0)
+    x, x_hat = torch.randn(3, 10, 28, 28), torch.randn(3, 10, 28, 28)
+    maps = anomaly_maps(x, x_hat, 224)
+    ref = reference_map(x, x_hat)
+    assert maps.shape == (3, 224, 224)
+    torch.testing.assert_close(maps, ref, atol=1e-5, rtol=1e-5)
+    ref_scores = F.avg_pool2d(ref.unsqueeze(1), 32, stride=1).flatten(1).max(1).values
+    torch.testing.assert_close(image_scores(maps), ref_scores, atol=1e-5, rtol=1e-5)
+
+
+def test_a_local_defect_raises_the_score_where_it_is():
+    x = torch.zeros(2, 4, 28, 28)
+    x_hat = x.clone()
+    x_hat[1, :, 5:7, 20:22] = 3.0
+    maps = anomaly_maps(x, x_hat, 224)
+    scores = image_scores(maps)
+    assert scores[0] == 0 and scores[1] > 0
+    peak = divmod(int(maps[1].argmax()), 224)
+    assert 5 * 8 - 8 <= peak[0] <= 7 * 8 + 8 and 20 * 8 - 8 <= peak[1] <= 22 * 8 + 8
