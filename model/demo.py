@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m model.demo", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, help="MVTec-layout directory (default: generated sample)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
     args = p.parse_args(argv)
     settings = ModelSettings()

@@ -10,6 +10,7 @@ import argparse
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,8 +57,12 @@ def fit_head(
     cfg: TrainConfig,
     device: torch.device,
     gen: torch.Generator,
+    on_epoch: Callable[[int, dict[str, torch.Tensor], list[dict[str, float]]], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-    """The reference optimisation; returns the best state by held-out loss and the history."""
+    """The reference optimisation; returns the best state by held-out loss and the history.
+
+    `on_epoch(epoch, best_state_so_far, history)` runs after every epoch (snapshots).
+    """
     opt = torch.optim.AdamW(
         [
             {"params": head.grid_parameters(), "lr": cfg.lr_grid},
@@ -100,6 +105,8 @@ def fit_head(
                 row["selected"] = 1.0
             bar.set_postfix(loss=f"{row['loss']:.4f}", heldout=f"{row['heldout_loss']:.4f}")
         history.append(row)
+        if on_epoch is not None and best_state is not None:
+            on_epoch(epoch + 1, best_state, history)
     assert best_state is not None
     return best_state, history
 
@@ -113,7 +120,13 @@ def train(
     classes: list[str] | None = None,
     threshold_rule: str = "energy",
     jitter: bool = True,
+    snapshot_every: int = 0,
 ) -> CheckpointMeta:
+    """Train, select by held-out loss, calibrate, save to `out`; returns its metadata.
+
+    With `snapshot_every=K`, the best-so-far model is also exported every K epochs as
+    `<out stem>-e<epoch>.safetensors`: one run then measures several training lengths.
+    """
     started = time.perf_counter()
     gen = seed_everything(cfg.seed)
     device = resolve_device(settings.device)
@@ -148,65 +161,74 @@ def train(
         f"{len(feats)} training and {len(held_all)} held-out images over {len(names)} classes, "
         f"refinement threshold {threshold:.3f} ({threshold_rule})"
     )
-    t0 = time.perf_counter()
-    best_state, history = fit_head(head, feats, held_all, cfg, device, gen)
-    train_seconds = time.perf_counter() - t0
-    head.load_state_dict(best_state)
-    head.eval()
 
-    if threshold_rule == "heldout-p99":
-        with torch.no_grad():
-            x = held_all.to(device)
-            threshold = mse_percentile(head.reconstruct(x), x, 99.0)
-        head_cfg = HeadConfig(**{**asdict(head_cfg), "refine_threshold": threshold})
+    def export(state: dict[str, torch.Tensor], path: Path, history: list[dict]) -> CheckpointMeta:
+        """Calibrate the head in `state` on the held-out images and write a checkpoint."""
+        head.load_state_dict(state)
+        head.eval()
+        cfg_out, rule = head_cfg, threshold_rule
+        if threshold_rule == "heldout-p99":
+            with torch.no_grad():
+                x = held_all.to(device)
+                p99 = mse_percentile(head.reconstruct(x), x, 99.0)
+            cfg_out = HeadConfig(**{**asdict(head_cfg), "refine_threshold": p99})
+        head.cfg = cfg_out
+        scores = {c: head_scores(head, held[c].to(device), size)[1].cpu().numpy() for c in names}
         head.cfg = head_cfg
+        selected = [r for r in history if r.get("selected")][-1]
+        info = backbone.info
+        draft = CheckpointMeta(
+            version="",
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            backbone=info.name,
+            backbone_weights_sha256=info.weights_sha256,
+            taps=info.taps,
+            tap_channels=info.tap_channels,
+            image_size=size,
+            mean=info.mean,
+            std=info.std,
+            variant=variant,
+            channels=cfg_out.channels,
+            feature_size=cfg_out.feature_size,
+            local_grid=cfg_out.local_grid,
+            global_grid=cfg_out.global_grid,
+            refine_threshold=cfg_out.refine_threshold,
+            refine_threshold_rule=rule,
+            calibration={c: calibrate(scores[c], cfg.target_fpr) for c in names},
+            global_calibration=calibrate(np.concatenate(list(scores.values())), cfg.target_fpr),
+            classes=tuple(names),
+            train_images={c: len(train_set[c]) for c in names},
+            heldout_images={c: len(held_set[c]) for c in names},
+            training={
+                "epochs": len(history),
+                "batch_size": cfg.batch_size,
+                "seed": cfg.seed,
+                "jitter": jitter,
+                "step_epochs": cfg.step_epochs,
+                "best_epoch": int(selected["epoch"]),
+                "best_heldout_loss": float(selected["heldout_loss"]),
+                "feature_seconds": round(feat_seconds, 1),
+                "train_seconds": round(sum(r["seconds"] for r in history), 1),
+                "device": str(device),
+            },
+        )
+        tensors = {k: v.detach().cpu() for k, v in state.items()}
+        meta = draft.model_copy(
+            update={"version": content_version(tensors, draft.model_dump(mode="json"))}
+        )
+        save_checkpoint(path, tensors, meta)
+        Path(str(path) + ".history.json").write_text(json.dumps(history, indent=1))
+        return meta
 
-    scores = {c: head_scores(head, held[c].to(device), size)[1].cpu().numpy() for c in names}
-    calibration = {c: calibrate(scores[c], cfg.target_fpr) for c in names}
-    global_cal = calibrate(np.concatenate([scores[c] for c in names]), cfg.target_fpr)
+    def snapshot(epoch: int, best: dict[str, torch.Tensor], history: list[dict]) -> None:
+        if snapshot_every and epoch % snapshot_every == 0 and epoch < cfg.epochs:
+            live = copy.deepcopy(head.state_dict())
+            export(best, out.with_name(f"{out.stem}-e{epoch}{out.suffix}"), history)
+            head.load_state_dict(live)
+            head.train()
 
-    selected = [r for r in history if r.get("selected")]
-    tensors = {k: v.detach().cpu() for k, v in head.state_dict().items()}
-    info = backbone.info
-    meta_fields = dict(
-        version="",
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        backbone=info.name,
-        backbone_weights_sha256=info.weights_sha256,
-        taps=info.taps,
-        tap_channels=info.tap_channels,
-        image_size=size,
-        mean=info.mean,
-        std=info.std,
-        variant=variant,
-        channels=head_cfg.channels,
-        feature_size=head_cfg.feature_size,
-        local_grid=head_cfg.local_grid,
-        global_grid=head_cfg.global_grid,
-        refine_threshold=head_cfg.refine_threshold,
-        refine_threshold_rule=threshold_rule,
-        calibration=calibration,
-        global_calibration=global_cal,
-        classes=tuple(names),
-        train_images={c: len(train_set[c]) for c in names},
-        heldout_images={c: len(held_set[c]) for c in names},
-        training={
-            "epochs": cfg.epochs,
-            "batch_size": cfg.batch_size,
-            "seed": cfg.seed,
-            "best_epoch": int(selected[-1]["epoch"]),
-            "best_heldout_loss": float(selected[-1]["heldout_loss"]),
-            "feature_seconds": round(feat_seconds, 1),
-            "train_seconds": round(train_seconds, 1),
-            "device": str(device),
-        },
-    )
-    draft = CheckpointMeta(**meta_fields)
-    version = content_version(tensors, draft.model_dump(mode="json"))
-    meta = draft.model_copy(update={"version": version})
-    save_checkpoint(out, tensors, meta)
-    Path(str(out) + ".history.json").write_text(json.dumps(history, indent=1))
-    return meta
+    best_state, history = fit_head(head, feats, held_all, cfg, device, gen, snapshot)
+    return export(best_state, out, history)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="energy")
     p.add_argument("--no-jitter", action="store_true", help="ablation: disable coordinate jitter")
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=0,
+        help="also export the best-so-far model every N epochs",
+    )
     p.add_argument("--backbone", help="timm architecture (default from GRAD_BACKBONE)")
     p.add_argument("--backbone-weights", type=Path, help="weights file for the backbone")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto")
@@ -266,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
         args.classes,
         args.threshold_rule,
         jitter=not args.no_jitter,
+        snapshot_every=args.snapshot_every,
     )
     print(
         f"wrote {args.out} (version {meta.version}, best epoch {meta.training['best_epoch']}, "
