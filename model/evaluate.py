@@ -88,6 +88,16 @@ def evaluate(
         cal, calibrated = inspector.calibration_for(c)
         m = class_metrics(scores, maps, masks, cal.threshold)
         m["calibrated"] = calibrated
+        # Which defect types are hard: each type's images against the good ones.
+        types = np.array([t.defect_type for t in items])
+        good = types == "good"
+        m["image_auroc_by_defect"] = {
+            d: auroc(
+                np.r_[np.zeros(good.sum()), np.ones((types == d).sum())].astype(bool),
+                np.r_[scores[good], scores[types == d]],
+            )
+            for d in sorted(set(types) - {"good"})
+        }
         m["empty_defect_masks"] = sum(
             1
             for t, mk in zip(items, masks, strict=True)

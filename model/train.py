@@ -166,7 +166,7 @@ def train(
         """Calibrate the head in `state` on the held-out images and write a checkpoint."""
         head.load_state_dict(state)
         head.eval()
-        cfg_out, rule = head_cfg, threshold_rule
+        cfg_out = head_cfg
         if threshold_rule == "heldout-p99":
             with torch.no_grad():
                 x = held_all.to(device)
@@ -193,7 +193,7 @@ def train(
             local_grid=cfg_out.local_grid,
             global_grid=cfg_out.global_grid,
             refine_threshold=cfg_out.refine_threshold,
-            refine_threshold_rule=rule,
+            refine_threshold_rule=threshold_rule,
             calibration={c: calibrate(scores[c], cfg.target_fpr) for c in names},
             global_calibration=calibrate(np.concatenate(list(scores.values())), cfg.target_fpr),
             classes=tuple(names),

@@ -47,7 +47,7 @@ def test_short_training_on_a_real_class_beats_chance(industrial, tmp_path):
         "--out",
         str(ckpt),
         "--epochs",
-        "12",
+        "30",
         "--batch-size",
         "8",
         cwd=REPO,
@@ -70,5 +70,6 @@ def test_short_training_on_a_real_class_beats_chance(industrial, tmp_path):
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     m = report["classes"]["cookie"]
     assert m["n_good"] == 14 and m["n_defect"] == 32
-    assert m["image_auroc"] >= 0.8, m
-    assert m["pixel_auroc"] >= 0.75, m
+    # 30 short epochs (about 120 steps) of one class; chance is 0.5. Seeded: repeatable.
+    assert m["image_auroc"] >= 0.9, m
+    assert m["pixel_auroc"] >= 0.9, m
