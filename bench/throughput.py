@@ -19,7 +19,7 @@ import timm
 import torch
 from tqdm import tqdm
 
-from model.backbone import BackboneInfo, FrozenBackbone, build_backbone
+from model.backbone import build_backbone, wrap_network
 from model.config import DECODERS, HeadConfig
 from model.grad import GRADHead, count_trainable
 from model.inference import Inspector, autocast_for, head_scores, resolve_device
@@ -27,13 +27,9 @@ from model.inference import Inspector, autocast_for, head_scores, resolve_device
 
 def untrained_inspector_parts(name: str, variant: str, device: torch.device):
     """Backbone with random weights (no file needed) and an untrained head: speed only."""
-    net = timm.create_model(name, pretrained=False).eval()
-    chans = [[f["num_chs"] for f in net.feature_info if f["reduction"] == r][-1] for r in (8, 16)]
-    taps = [[i for i, f in enumerate(net.feature_info) if f["reduction"] == r][-1] for r in (8, 16)]
-    info = BackboneInfo(name, "untrained", tuple(taps), tuple(chans), (0.5,) * 3, (0.5,) * 3)
-    backbone = FrozenBackbone(net, info).to(device)
-    head = GRADHead(HeadConfig(channels=sum(chans), variant=variant)).to(device).eval()
-    return backbone, head
+    backbone = wrap_network(timm.create_model(name, pretrained=False), name, "untrained")
+    head = GRADHead(HeadConfig(channels=backbone.info.channels, variant=variant))
+    return backbone.to(device), head.to(device).eval()
 
 
 def measure(backbone, head, batch: int, device: torch.device, seconds: float = 5.0) -> float:

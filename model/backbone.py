@@ -214,20 +214,24 @@ class FrozenBackbone(nn.Module):
         return torch.cat([base, *ups], dim=1)
 
 
-def build_backbone(name: str = DEFAULT_BACKBONE, weights: Path | None = None) -> FrozenBackbone:
-    """The frozen feature extractor for `name`, from built-in or operator-given weights."""
-    net, path = load_imagenet_network(name, weights)
-    taps = tap_indices(net)
-    chans = []
-    for r in TAP_REDUCTIONS:
-        chans.append([f["num_chs"] for f in net.feature_info if f["reduction"] == r][-1])
+def wrap_network(net: nn.Module, name: str, weights_sha256: str) -> FrozenBackbone:
+    """Tap a loaded timm network at strides 8 and 16 with its own normalisation."""
+    chans = [
+        [f["num_chs"] for f in net.feature_info if f["reduction"] == r][-1] for r in TAP_REDUCTIONS
+    ]
     cfg = net.pretrained_cfg
     info = BackboneInfo(
         name=name,
-        weights_sha256=sha256_file(path),
-        taps=tuple(taps),
+        weights_sha256=weights_sha256,
+        taps=tuple(tap_indices(net)),
         tap_channels=tuple(int(c) for c in chans),
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
     )
     return FrozenBackbone(net, info)
+
+
+def build_backbone(name: str = DEFAULT_BACKBONE, weights: Path | None = None) -> FrozenBackbone:
+    """The frozen feature extractor for `name`, from built-in or operator-given weights."""
+    net, path = load_imagenet_network(name, weights)
+    return wrap_network(net, name, sha256_file(path))
