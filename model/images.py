@@ -6,11 +6,13 @@ wherever they are scored.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 
 class ImageDecodeError(ValueError):
@@ -26,13 +28,15 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     if buf.size == 0:
         raise ImageDecodeError("empty image")
     if max_pixels is not None:
-        # A 1/8-per-side decode costs 1/64 of the pixels and bounds the full size from below.
-        small = cv2.imdecode(buf, cv2.IMREAD_REDUCED_GRAYSCALE_8)
-        if small is None:
-            raise ImageDecodeError("undecodable image")
-        h8, w8 = small.shape[:2]
-        if (8 * (h8 - 1) + 1) * (8 * (w8 - 1) + 1) > max_pixels:
-            raise ImageDecodeError(f"image exceeds the limit of {max_pixels} pixels")
+        # Pillow reads only the header here, so a decompression bomb is refused before any
+        # pixel is allocated (OpenCV would decode a PNG fully even for a reduced read).
+        try:
+            with Image.open(io.BytesIO(data)) as header:
+                width, height = header.size
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise ImageDecodeError(f"undecodable image: {exc}") from exc
+        if width * height > max_pixels:
+            raise ImageDecodeError(f"image is {width}x{height}, above the {max_pixels}-pixel limit")
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
         raise ImageDecodeError("undecodable image")
