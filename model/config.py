@@ -6,7 +6,7 @@ from the backbone's tap channels and the input size, so there is one place to lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -70,4 +70,3 @@ class TrainConfig:
     select_every: int = 1
     target_fpr: float = 0.01
     threshold_ratio: float = 0.5
-    extra: dict[str, str] = field(default_factory=dict)
