@@ -19,6 +19,10 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image this service can read (or exceed the pixel limit)."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """The image header announces more pixels than the limit (a decompression bomb, say)."""
+
+
 def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     """Decode encoded image bytes (PNG, JPEG, BMP, TIFF, ...) to H x W x 3 uint8 RGB.
 
@@ -33,10 +37,14 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
         try:
             with Image.open(io.BytesIO(data)) as header:
                 width, height = header.size
-        except (OSError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(str(exc)) from exc
+        except OSError as exc:
             raise ImageDecodeError(f"undecodable image: {exc}") from exc
         if width * height > max_pixels:
-            raise ImageDecodeError(f"image is {width}x{height}, above the {max_pixels}-pixel limit")
+            raise ImageTooLargeError(
+                f"image is {width}x{height}, above the {max_pixels}-pixel limit"
+            )
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
         raise ImageDecodeError("undecodable image")

@@ -1,5 +1,21 @@
 """Contracts shared by the parts of the system. Imports neither `model` nor `worker`."""
 
+from schemas.events import (
+    EVENT_SCHEMA_VERSION,
+    DeadLetter,
+    InspectionEvent,
+    InspectionResult,
+    StageTimings,
+)
 from schemas.model_state import SCHEMA_VERSION, CheckpointMeta, ClassCalibration
 
-__all__ = ["SCHEMA_VERSION", "CheckpointMeta", "ClassCalibration"]
+__all__ = [
+    "EVENT_SCHEMA_VERSION",
+    "SCHEMA_VERSION",
+    "CheckpointMeta",
+    "ClassCalibration",
+    "DeadLetter",
+    "InspectionEvent",
+    "InspectionResult",
+    "StageTimings",
+]

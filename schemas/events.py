@@ -1,0 +1,141 @@
+"""Wire contracts of the streaming worker: the input event, the result, the dead letter.
+
+Every message carries `schema_version`; a consumer refuses a version it does not know rather
+than guess at its meaning. The JSON schemas exported from these models live in
+`schemas/json/` (regenerate with `python -m schemas.export`), so producers in other languages
+have a file to validate against.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+EVENT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 1
+DEAD_LETTER_SCHEMA_VERSION = 1
+
+# An event id becomes part of a storage key and a database key: keep it printable and bounded.
+EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$"
+
+
+class InspectionEvent(BaseModel):
+    """One image to inspect, as a camera or the line's edge box publishes it.
+
+    The Kafka key is the station or the product class (so one station's images stay in order);
+    the value is this JSON. Exactly one of `image_uri` and `image_b64` is set: a URI for the usual
+    case (`file://` under the worker's configured roots, `s3://` and other object stores), inline
+    base64 for small images.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = Field(description="version of this contract")
+    event_id: str = Field(
+        pattern=EVENT_ID_PATTERN,
+        description="unique id of the inspection; every side effect is idempotent on it",
+    )
+    line: str = Field(min_length=1, max_length=100)
+    station: str = Field(min_length=1, max_length=100)
+    product_class: str = Field(
+        min_length=1, max_length=100, description="product class, as the model knows it"
+    )
+    captured_at: AwareDatetime = Field(description="when the camera took the image (with zone)")
+    image_uri: str | None = Field(default=None, max_length=2048)
+    image_b64: str | None = Field(default=None, description="inline image bytes, base64")
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="free fields passed through to the result"
+    )
+
+    @model_validator(mode="after")
+    def _one_image(self) -> InspectionEvent:
+        if (self.image_uri is None) == (self.image_b64 is None):
+            raise ValueError("exactly one of image_uri and image_b64 must be set")
+        return self
+
+
+class StageTimings(BaseModel):
+    """Milliseconds spent per stage for one event (batch stages are shared by its batch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_ms: float = Field(description="from consumption to the start of its batch")
+    fetch_decode_ms: float
+    infer_ms: float = Field(description="forward pass of the whole batch")
+    heatmap_ms: float
+    batch_size: int = Field(description="images in the forward pass that scored this one")
+
+
+class InspectionResult(BaseModel):
+    """What downstream (reject gate, MES, review screen) reads from `<topic>.results`.
+
+    Keyed like the input. `threshold` and `confidence` come from the class's calibration, or
+    from the model's global calibration with `calibrated: false` for a class the model has not
+    been calibrated for yet.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    schema_version: Literal[1] = RESULT_SCHEMA_VERSION
+    event_id: str
+    line: str
+    station: str
+    product_class: str
+    captured_at: datetime
+    score: float = Field(description="raw image score (max of the pooled anomaly map)")
+    threshold: float
+    confidence: float = Field(ge=0, le=1, description="0.5 at the threshold")
+    is_anomalous: bool
+    calibrated: bool
+    heatmap_uri: str = Field(description="16-bit PNG of the anomaly map; see worker.heatmaps")
+    model_version: str
+    processed_at: datetime
+    timings: StageTimings
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+DeadLetterReason = Literal[
+    "invalid_json",
+    "invalid_event",
+    "unknown_schema_version",
+    "image_too_large",
+    "undecodable_image",
+    "uri_not_allowed",
+    "image_not_found",
+    "transient_retries_exhausted",
+]
+
+
+class DeadLetter(BaseModel):
+    """Why a record went to `<topic>.dlq`.
+
+    The dead-letter record's value is the original record's value, byte for byte, and its key
+    the original key; this model travels in the record's headers (`dlq.*`, UTF-8), so a replay
+    tool can re-publish the value untouched.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = DEAD_LETTER_SCHEMA_VERSION
+    reason: DeadLetterReason
+    detail: str = Field(max_length=2000, description="human-readable error, no secrets")
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    event_id: str | None = Field(default=None, description="set when the value parsed far enough")
+    worker: str = Field(description="worker instance that rejected it")
+    failed_at: datetime
+
+    def to_headers(self) -> list[tuple[str, bytes]]:
+        data = self.model_dump(mode="json", exclude_none=True)
+        return [(f"dlq.{k}", str(v).encode()) for k, v in data.items()]
+
+    @classmethod
+    def from_headers(cls, headers: list[tuple[str, bytes]]) -> DeadLetter:
+        raw = {k[4:]: v.decode() for k, v in headers if k.startswith("dlq.")}
+        version = raw.pop("schema_version", "")
+        return cls.model_validate(
+            {**raw, "schema_version": int(version) if version.isdigit() else version}
+        )

@@ -1,0 +1,178 @@
+"""Fetch and decode an event's image: inline base64, a file under the configured roots, or an
+object-store URL through fsspec.
+
+Two kinds of failure, because they need opposite handling:
+- `Rejected`: the record itself is bad (outside the roots, missing, undecodable, too large).
+  Retrying cannot help; the record goes to the dead-letter topic with the reason.
+- a transient failure (store unreachable, I/O hiccup): retried with backoff for
+  `transient_retry_s`, then dead-lettered as `transient_retries_exhausted`, so a poisoned URI
+  cannot stall a partition forever and the record is still kept for replay.
+
+An event never makes the worker read outside the configured roots: local paths are resolved
+(symlinks included) before the check, and URLs must start with a configured prefix and carry no
+`..` segment.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import fsspec
+import numpy as np
+
+from model.images import ImageDecodeError, ImageTooLargeError, decode_image
+from schemas import InspectionEvent
+
+
+class Rejected(Exception):
+    """A permanent problem with the record; `reason` is a DeadLetter reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class TransientError(Exception):
+    """The store could not answer now; the same request may succeed later."""
+
+
+_NOT_FOUND = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Where URIs may point: resolved local directories and URL prefixes (`s3://bucket/x/`)."""
+
+    local: tuple[Path, ...]
+    urls: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, roots: list[str]) -> Roots:
+        local, urls = [], []
+        for r in roots:
+            scheme = urlsplit(r).scheme
+            if scheme in ("", "file"):
+                local.append(Path(_local_path(r)).resolve())
+            else:
+                urls.append(r if r.endswith("/") else r + "/")
+        return cls(tuple(local), tuple(urls))
+
+
+def _local_path(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme == "":
+        return uri
+    if parts.netloc not in ("", "localhost"):
+        raise Rejected("uri_not_allowed", f"file URI names a remote host: {parts.netloc!r}")
+    return unquote(parts.path)
+
+
+class ImageSource:
+    def __init__(
+        self,
+        roots: list[str],
+        max_bytes: int,
+        max_pixels: int,
+        transient_retry_s: float = 300.0,
+        on_retry: Callable[[str, Exception], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.roots = Roots.parse(roots)
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.transient_retry_s = transient_retry_s
+        self.on_retry = on_retry or (lambda uri, exc: None)
+        self.sleep = sleep
+
+    def load(self, event: InspectionEvent) -> np.ndarray:
+        """H x W x 3 uint8 RGB, or `Rejected`. Transient failures are retried here."""
+        data = self.fetch(event)
+        try:
+            return decode_image(data, self.max_pixels)
+        except ImageTooLargeError as exc:
+            raise Rejected("image_too_large", str(exc)) from exc
+        except ImageDecodeError as exc:
+            raise Rejected("undecodable_image", str(exc)) from exc
+
+    def fetch(self, event: InspectionEvent) -> bytes:
+        if event.image_b64 is not None:
+            return self._inline(event.image_b64)
+        assert event.image_uri is not None  # the schema requires one of the two
+        deadline = time.monotonic() + self.transient_retry_s
+        delay = 0.1
+        while True:
+            try:
+                return self._read_uri(event.image_uri)
+            except TransientError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise Rejected(
+                        "transient_retries_exhausted",
+                        f"{event.image_uri}: still failing after {self.transient_retry_s:.0f} s: "
+                        f"{exc}",
+                    ) from exc
+                self.on_retry(event.image_uri, exc)
+                self.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _inline(self, b64: str) -> bytes:
+        if len(b64) > (self.max_bytes * 4) // 3 + 4:
+            raise Rejected("image_too_large", f"inline image above {self.max_bytes} bytes")
+        try:
+            return base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise Rejected("undecodable_image", f"image_b64 is not valid base64: {exc}") from exc
+
+    def _read_uri(self, uri: str) -> bytes:
+        scheme = urlsplit(uri).scheme
+        if scheme in ("", "file"):
+            return self._read_local(uri)
+        return self._read_remote(uri)
+
+    def _read_local(self, uri: str) -> bytes:
+        path = Path(os.path.realpath(_local_path(uri)))
+        if not any(path.is_relative_to(root) for root in self.roots.local):
+            raise Rejected("uri_not_allowed", f"{uri} is outside the configured image roots")
+        try:
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > self.max_bytes:
+                    raise Rejected("image_too_large", f"{uri} is {size} bytes")
+                return f.read()
+        except _NOT_FOUND as exc:
+            raise Rejected("image_not_found", f"{uri}: {exc.strerror}") from exc
+        except PermissionError as exc:
+            raise Rejected("uri_not_allowed", f"{uri}: permission denied") from exc
+        except OSError as exc:  # EIO, ESTALE on a network volume: worth another try
+            raise TransientError(f"{uri}: {exc}") from exc
+
+    def _read_remote(self, uri: str) -> bytes:
+        if ".." in urlsplit(uri).path.split("/") or not any(
+            uri.startswith(prefix) for prefix in self.roots.urls
+        ):
+            raise Rejected("uri_not_allowed", f"{uri} is outside the configured image roots")
+        try:
+            fs, path = fsspec.core.url_to_fs(uri)
+        except (ValueError, ImportError) as exc:  # unknown protocol, driver not installed
+            raise Rejected("uri_not_allowed", f"{uri}: no store for this scheme: {exc}") from exc
+        try:
+            size = fs.size(path)
+            if size is not None and size > self.max_bytes:
+                raise Rejected("image_too_large", f"{uri} is {size} bytes")
+            data = fs.cat_file(path)
+        except _NOT_FOUND as exc:
+            raise Rejected("image_not_found", f"{uri} does not exist") from exc
+        except Rejected:
+            raise
+        except Exception as exc:  # network, credentials refresh, throttling: the store's problem
+            raise TransientError(f"{uri}: {type(exc).__name__}: {exc}") from exc
+        if len(data) > self.max_bytes:
+            raise Rejected("image_too_large", f"{uri} is {len(data)} bytes")
+        return data

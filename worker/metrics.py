@@ -1,0 +1,57 @@
+"""Prometheus metrics of one worker, in its own registry (several workers may share a process
+in tests; a fleet is aggregated by Prometheus, not here)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.consumed = Counter(
+            "grad_events_consumed", "Records read from the input topic", registry=r
+        )
+        self.processed = Counter(
+            "grad_events_processed", "Events scored and published", ["verdict"], registry=r
+        )
+        self.dead_lettered = Counter(
+            "grad_events_dead_lettered",
+            "Records sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "grad_retries", "Transient failures retried with backoff", ["stage"], registry=r
+        )
+        self.commits = Counter("grad_offset_commits", "Offset commits", ["outcome"], registry=r)
+        self.batch_size = Histogram(
+            "grad_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.stage_seconds = Histogram(
+            "grad_stage_seconds",
+            "Time per pipeline stage and batch",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "grad_end_to_end_seconds",
+            "From captured_at to the result being published",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "grad_model_info", "1 for the model version being served", ["version"], registry=r
+        )
+        self.partitions = Gauge(
+            "grad_assigned_partitions", "Input partitions assigned to this worker", registry=r
+        )
+        self.ready = Gauge("grad_ready", "1 when model loaded and partitions assigned", registry=r)
+
+    def set_model(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)

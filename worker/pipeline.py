@@ -1,0 +1,231 @@
+"""From consumed records to outgoing records: parse, fetch and decode, score, heatmap.
+
+Kafka-free: the loop (`worker.loop`) feeds it records and publishes what it returns, so every
+decision about a record (result or dead letter, and why) is made here and tested without a
+broker. Each record yields exactly one outgoing record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from model.inference import Inspector
+from schemas import EVENT_SCHEMA_VERSION, DeadLetter, InspectionEvent, InspectionResult
+from schemas.events import StageTimings
+from worker.heatmaps import HeatmapStore
+from worker.image_source import ImageSource, Rejected
+
+
+def parse_event(value: bytes | None) -> InspectionEvent:
+    """The event in a record's value, or `Rejected` saying what is wrong with it."""
+    if value is None:
+        raise Rejected("invalid_json", "record has no value (tombstone)")
+    try:
+        data = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Rejected("invalid_json", str(exc)) from exc
+    if not isinstance(data, dict):
+        raise Rejected("invalid_json", f"expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != EVENT_SCHEMA_VERSION:
+        raise Rejected(
+            "unknown_schema_version",
+            f"schema_version {version!r}; this worker reads {EVENT_SCHEMA_VERSION}",
+        )
+    try:
+        return InspectionEvent.model_validate(data)
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors()
+        )
+        raise Rejected("invalid_event", errors) from exc
+
+
+@dataclass
+class Pending:
+    """A consumed record on its way through a batch."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    consumed_at: float = field(default_factory=time.monotonic)
+    event: InspectionEvent | None = None
+    rejection: Rejected | None = None
+    image: Future[np.ndarray] | None = None
+    fetch_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One record to publish: a result or a dead letter."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    event_id: str | None
+    kind: str  # "result" or the dead-letter reason
+    captured_at: datetime | None = None
+    verdict: str | None = None
+
+
+def _timed_load(source: ImageSource, event: InspectionEvent, p: Pending) -> np.ndarray:
+    t0 = time.perf_counter()
+    try:
+        return source.load(event)
+    finally:
+        p.fetch_ms = (time.perf_counter() - t0) * 1000
+
+
+def admit(p: Pending, source: ImageSource, pool: Executor) -> Pending:
+    """Parse now; start fetching and decoding in the pool, off the polling thread."""
+    try:
+        p.event = parse_event(p.value)
+    except Rejected as r:
+        p.rejection = r
+        return p
+    p.image = pool.submit(_timed_load, source, p.event, p)
+    return p
+
+
+class BatchProcessor:
+    """Turns a batch of admitted records into results and dead letters (one each)."""
+
+    def __init__(
+        self,
+        inspector: Inspector,
+        heatmaps: HeatmapStore,
+        pool: Executor,
+        results_topic: str,
+        dlq_topic: str,
+        instance_id: str,
+        retry: Callable[[str, Callable[[], Any]], Any],
+    ) -> None:
+        self.inspector = inspector
+        self.heatmaps = heatmaps
+        self.pool = pool
+        self.results_topic = results_topic
+        self.dlq_topic = dlq_topic
+        self.instance_id = instance_id
+        self.retry = retry  # retry(stage, fn): runs fn until it stops raising a transient error
+
+    def process(self, batch: list[Pending]) -> list[Outgoing]:
+        t_start = time.monotonic()
+        images: list[np.ndarray] = []
+        scored: list[int] = []
+        for i, p in enumerate(batch):
+            if p.image is not None:
+                try:
+                    images.append(p.image.result())
+                    scored.append(i)
+                except Rejected as r:
+                    p.rejection = r
+        out: dict[int, Outgoing] = {
+            i: self.dead_letter(p, p.rejection)
+            for i, p in enumerate(batch)
+            if p.rejection is not None
+        }
+        if scored:
+            results = self._score([batch[i] for i in scored], images, t_start)
+            out.update(zip(scored, results, strict=True))
+        return [out[i] for i in range(len(batch))]
+
+    def _score(
+        self, scored: list[Pending], images: list[np.ndarray], t_start: float
+    ) -> list[Outgoing]:
+        events = [p.event for p in scored]
+        assert all(e is not None for e in events)
+        t0 = time.perf_counter()
+        res = self.inspector.inspect(images, [e.product_class for e in events])  # type: ignore[union-attr]
+        infer_ms = (time.perf_counter() - t0) * 1000
+        version = self.inspector.version
+
+        t0 = time.perf_counter()
+        uris = list(
+            self.pool.map(
+                lambda k: self.retry(
+                    "heatmap",
+                    lambda: self.heatmaps.write(
+                        events[k].event_id,  # type: ignore[union-attr]
+                        res.maps[k],
+                        {"score": repr(float(res.scores[k])), "model_version": version},
+                    ),
+                ),
+                range(len(scored)),
+            )
+        )
+        heatmap_ms = (time.perf_counter() - t0) * 1000
+
+        now = datetime.now(timezone.utc)
+        outgoing = []
+        for p, ev, v, uri in zip(scored, events, res.verdicts, uris, strict=True):
+            assert ev is not None
+            result = InspectionResult(
+                event_id=ev.event_id,
+                line=ev.line,
+                station=ev.station,
+                product_class=ev.product_class,
+                captured_at=ev.captured_at,
+                score=v.score,
+                threshold=v.threshold,
+                confidence=v.confidence,
+                is_anomalous=v.is_anomalous,
+                calibrated=v.calibrated,
+                heatmap_uri=uri,
+                model_version=version,
+                processed_at=now,
+                timings=StageTimings(
+                    queue_ms=(t_start - p.consumed_at) * 1000,
+                    fetch_decode_ms=p.fetch_ms,
+                    infer_ms=infer_ms,
+                    heatmap_ms=heatmap_ms,
+                    batch_size=len(scored),
+                ),
+                attributes=ev.attributes,
+            )
+            outgoing.append(
+                Outgoing(
+                    topic=self.results_topic,
+                    key=p.key if p.key is not None else ev.event_id.encode(),
+                    value=result.model_dump_json().encode(),
+                    headers=[("event_id", ev.event_id.encode())],
+                    event_id=ev.event_id,
+                    kind="result",
+                    captured_at=ev.captured_at,
+                    verdict="anomalous" if v.is_anomalous else "normal",
+                )
+            )
+        return outgoing
+
+    def dead_letter(self, p: Pending, r: Rejected) -> Outgoing:
+        dl = DeadLetter(
+            reason=r.reason,  # type: ignore[arg-type]
+            detail=r.detail[:2000],
+            source_topic=p.topic,
+            source_partition=p.partition,
+            source_offset=p.offset,
+            event_id=p.event.event_id if p.event is not None else None,
+            worker=self.instance_id,
+            failed_at=datetime.now(timezone.utc),
+        )
+        original = [(k, v) for k, v in p.headers if not k.startswith("dlq.")]
+        return Outgoing(
+            topic=self.dlq_topic,
+            key=p.key,
+            value=p.value if p.value is not None else b"",
+            headers=original + dl.to_headers(),
+            event_id=dl.event_id,
+            kind=r.reason,
+        )

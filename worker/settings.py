@@ -1,0 +1,108 @@
+"""The worker's settings: read once at start-up (environment, `.env`, CLI flags), passed down.
+
+Every field can be set as an environment variable `WORKER_<NAME>` (lists comma-separated);
+the common ones also as CLI flags of `python -m worker.run`. Secrets are `SecretStr`, so they
+never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, PositiveInt, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def _default_instance() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKER_", env_file=".env", extra="ignore")
+
+    # Topics and group.
+    topic: str = Field(min_length=1)
+    results_topic: str | None = Field(default=None, description="default: <topic>.results")
+    dlq_topic: str | None = Field(default=None, description="default: <topic>.dlq")
+    group_id: str = "grad-worker"
+    instance_id: str = Field(default_factory=_default_instance)
+
+    # Kafka connection and client security.
+    bootstrap_servers: Annotated[list[str], NoDecode] = ["127.0.0.1:9092"]
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    session_timeout_ms: PositiveInt = 10_000
+    heartbeat_interval_ms: PositiveInt = 3_000
+    # A batch (decode, forward pass, heatmaps, publish) must finish well inside this.
+    max_poll_interval_ms: PositiveInt = 300_000
+    # Largest record the worker reads or writes (inline images, and their dead letters).
+    max_message_bytes: PositiveInt = 16 * MiB
+
+    # Model.
+    checkpoint: Path
+    backbone_weights: Path | None = None
+    device: str = "auto"
+
+    # Batching: up to max_batch images or max_wait_ms after the first one, whichever first.
+    max_batch: PositiveInt = 16
+    max_wait_ms: Annotated[int, Field(ge=0)] = 50
+    decode_threads: PositiveInt = 4
+
+    # Images: where URIs may point, and what is too big.
+    image_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="local directories, or URL prefixes such as s3://bucket/images/",
+    )
+    max_image_bytes: PositiveInt = 32 * MiB
+    max_pixels: PositiveInt = 40_000_000
+    # A transient fetch failure (store unreachable) is retried this long before the record is
+    # dead-lettered as `transient_retries_exhausted` (kept, replayable, not lost).
+    transient_retry_s: float = Field(default=300.0, gt=0)
+
+    # Heatmaps: a local directory or an fsspec URL (s3://bucket/heatmaps).
+    heatmap_store: str = "heatmaps"
+
+    # Operations.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
+    # SIGTERM: finish and commit the batch in flight within this, then exit regardless.
+    drain_timeout_s: float = Field(default=60.0, gt=0)
+    # Liveness fails when the loop has not turned for this long (a stuck forward pass).
+    liveness_timeout_s: float = Field(default=120.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("bootstrap_servers", "image_roots", mode="before")
+    @classmethod
+    def _split_commas(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _defaults_and_consistency(self) -> WorkerSettings:
+        if self.results_topic is None:
+            self.results_topic = f"{self.topic}.results"
+        if self.dlq_topic is None:
+            self.dlq_topic = f"{self.topic}.dlq"
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"{self.security_protocol} needs sasl_mechanism, sasl_username and sasl_password"
+            )
+        return self
+
+    def safe_dump(self) -> dict[str, object]:
+        """Settings for the start-up log line: secrets masked by SecretStr."""
+        return self.model_dump(mode="json")
