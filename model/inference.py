@@ -6,7 +6,7 @@ the same `head_scores`, so every score in the system comes from one code path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,9 +112,16 @@ class Inspector:
     def version(self) -> str:
         return self.meta.version
 
-    def calibration_for(self, product_class: str | None) -> tuple[ClassCalibration, bool]:
-        """The class's own calibration, or the model's global one (calibrated=False)."""
-        cal = self.meta.calibration.get(product_class) if product_class else None
+    def calibration_for(
+        self,
+        product_class: str | None,
+        overrides: Mapping[str, ClassCalibration] | None = None,
+    ) -> tuple[ClassCalibration, bool]:
+        """The class's calibration (an override from the state store first, then the one in the
+        checkpoint), or the model's global one with calibrated=False."""
+        cal = None
+        if product_class:
+            cal = (overrides or {}).get(product_class) or self.meta.calibration.get(product_class)
         return (cal, True) if cal is not None else (self.meta.global_calibration, False)
 
     @torch.no_grad()
@@ -122,6 +129,7 @@ class Inspector:
         self,
         images: Sequence[np.ndarray] | torch.Tensor,
         classes: Sequence[str | None] | None = None,
+        calibrations: Mapping[str, ClassCalibration] | None = None,
     ) -> BatchResult:
         """Score a batch: H x W x 3 uint8 RGB arrays (any size), or a B x 3 x S x S uint8 tensor."""
         size = self.meta.image_size
@@ -137,7 +145,7 @@ class Inspector:
             raise ValueError(f"{len(classes)} classes for {len(scores_np)} images")
         verdicts = []
         for cls_name, s in zip(classes, scores_np, strict=True):
-            cal, calibrated = self.calibration_for(cls_name)
+            cal, calibrated = self.calibration_for(cls_name, calibrations)
             verdicts.append(
                 Verdict(
                     product_class=cls_name,

@@ -7,15 +7,23 @@ from schemas.events import (
     InspectionResult,
     StageTimings,
 )
-from schemas.model_state import SCHEMA_VERSION, CheckpointMeta, ClassCalibration
+from schemas.model_state import (
+    SCHEMA_VERSION,
+    CheckpointMeta,
+    ClassCalibration,
+    ClassState,
+    StateChange,
+)
 
 __all__ = [
     "EVENT_SCHEMA_VERSION",
     "SCHEMA_VERSION",
     "CheckpointMeta",
     "ClassCalibration",
+    "ClassState",
     "DeadLetter",
     "InspectionEvent",
     "InspectionResult",
     "StageTimings",
+    "StateChange",
 ]

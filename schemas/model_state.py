@@ -64,3 +64,29 @@ class CheckpointMeta(BaseModel):
     train_images: dict[str, int]
     heldout_images: dict[str, int]
     training: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+
+
+class ClassState(BaseModel):
+    """What serves one product class right now, as the shared state store holds it.
+
+    `model_version` lets a class move to a new model before the others (a canary); without it
+    the class follows the active model. `calibration`, when set, overrides the one inside the
+    checkpoint (a recalibration that needs no new weights).
+    """
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    model_version: str | None = None
+    calibration: ClassCalibration | None = None
+    updated_at: str
+
+
+class StateChange(BaseModel):
+    """A message on the state channel: workers re-read the state before their next batch."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    kind: str = Field(description="'promotion' (active model) or 'class' (one class's state)")
+    model_version: str | None = None
+    product_class: str | None = None
+    at: str

@@ -64,3 +64,37 @@ def tiny_ckpt(sample_data: Path, tiny_settings, tmp_path_factory: pytest.TempPat
     out = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     train(sample_data, out, TrainConfig(epochs=2, batch_size=8, seed=7), tiny_settings)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_b(sample_data: Path, tiny_settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second, different model (another seed): the version a promotion switches to."""
+    from model.config import TrainConfig
+    from model.train import train
+
+    out = tmp_path_factory.mktemp("ckpt-b") / "tiny-b.safetensors"
+    train(sample_data, out, TrainConfig(epochs=1, batch_size=8, seed=8), tiny_settings)
+    return out
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory):
+    """A real Kafka-protocol broker (tansu) on a free loopback port, for the whole session."""
+    from worker.embedded_broker import EmbeddedBroker
+
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log) as b:
+        yield b
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of our own, which a test may stop and start (an outage)."""
+    from tests.services import OwnRedis
+
+    try:
+        server = OwnRedis().start()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()

@@ -1179,7 +1179,7 @@ def test_readme_creates_the_topics_the_worker_uses(monkeypatch: pytest.MonkeyPat
             topic=setting(env, "topic"),
             results_topic=setting(env, "results_topic"),
             dlq_topic=setting(env, "dlq_topic"),
-            checkpoint=Path("x"),
+            checkpoint="x",
         )
         size = int(setting(env, "max_message_bytes"))
         for topic in (s.topic, s.results_topic, s.dlq_topic):

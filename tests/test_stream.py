@@ -21,21 +21,15 @@ import pytest
 from model.images import read_image
 from model.inference import Inspector
 from schemas import DeadLetter, InspectionEvent, InspectionResult
-from tests.streaming import WorkerProcess, committed
+from tests.streaming import committed
 from worker.embedded_broker import EmbeddedBroker
 from worker.feed import Received, inspection_images, make_event, producer_for, read_topics
 from worker.heatmaps import LEVELS, read_heatmap
+from worker.process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory):
-    log = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker(log_path=log) as b:
-        yield b
 
 
 def eventually(cond, timeout_s: float = 30.0) -> None:

@@ -26,6 +26,8 @@ class Health:
         self.last_beat = time.monotonic()
         self.model_loaded = False
         self.partitions = 0
+        self.state_store_ok = True
+        self.database_ok = True
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
@@ -34,9 +36,24 @@ class Health:
     def live(self) -> bool:
         return time.monotonic() - self.last_beat < self.liveness_timeout_s
 
+    def problems(self) -> list[str]:
+        """Why the worker is not ready, in words (empty when it is)."""
+        out = []
+        if not self.live:
+            out.append("consume loop stuck")
+        if not self.model_loaded:
+            out.append("model not loaded")
+        if self.partitions == 0:
+            out.append("no partitions assigned")
+        if not self.state_store_ok:
+            out.append("state store unreachable (serving with the state held)")
+        if not self.database_ok:
+            out.append("database unreachable (consumption paused)")
+        return out
+
     @property
     def ready(self) -> bool:
-        return self.live and self.model_loaded and self.partitions > 0
+        return not self.problems()
 
 
 def serve(host: str, port: int, health: Health, metrics: WorkerMetrics) -> ThreadingHTTPServer:
@@ -47,8 +64,9 @@ def serve(host: str, port: int, health: Health, metrics: WorkerMetrics) -> Threa
             if self.path == LIVEZ:
                 self._reply(200 if health.live else 503, b"live\n" if health.live else b"stuck\n")
             elif self.path == READYZ:
-                ok = health.ready
-                self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                problems = health.problems()
+                body = ("; ".join(problems) if problems else "ready") + "\n"
+                self._reply(503 if problems else 200, body.encode())
             elif self.path == METRICS:
                 metrics.ready.set(1 if health.ready else 0)
                 self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)

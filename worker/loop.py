@@ -26,11 +26,11 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from model.inference import Inspector
 from worker.endpoints import Health
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource
 from worker.metrics import WorkerMetrics
+from worker.models import ModelRouter
 from worker.pipeline import BatchProcessor, Outgoing, Pending, admit
 from worker.settings import WorkerSettings
 
@@ -42,7 +42,7 @@ class Worker:
     def __init__(
         self,
         settings: WorkerSettings,
-        inspector: Inspector,
+        router: ModelRouter,
         consumer: KafkaConsumer,
         producer: KafkaProducer,
         heatmaps: HeatmapStore,
@@ -64,8 +64,9 @@ class Worker:
             on_retry=self._on_fetch_retry,
         )
         assert settings.results_topic and settings.dlq_topic  # filled in by the settings
+        self.router = router
         self.processor = BatchProcessor(
-            inspector,
+            router,
             heatmaps,
             self.pool,
             settings.results_topic,
@@ -78,7 +79,7 @@ class Worker:
         self.stopping = threading.Event()
         self.batches = 0
         health.model_loaded = True
-        metrics.set_model(inspector.version)
+        self._publish_model_state()
 
     # -- control -----------------------------------------------------------------------------
 
@@ -92,6 +93,10 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 self.health.beat()
+                if not self.pending and self.router.refresh_if_needed():
+                    self._publish_model_state()  # between batches: a clean switch
+                self.health.state_store_ok = self.router.store_ok
+                self.metrics.state_store_up.set(1 if self.router.store_ok else 0)
                 self._poll_once()
                 if self._batch_due():
                     self.flush()
@@ -101,7 +106,14 @@ class Worker:
         finally:
             self.close()
 
+    def _publish_model_state(self) -> None:
+        snap = self.router.snapshot
+        assert snap is not None
+        canaries = {s.model_version for s in snap.classes.values() if s.model_version}
+        self.metrics.set_models(snap.active, canaries - {snap.active})
+
     def close(self) -> None:
+        self.router.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
         try:
             self.consumer.close(autocommit=False)  # leave the group: a fast rebalance

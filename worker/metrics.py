@@ -45,13 +45,21 @@ class WorkerMetrics:
             registry=r,
         )
         self.model_info = Gauge(
-            "grad_model_info", "1 for the model version being served", ["version"], registry=r
+            "grad_model_info",
+            "1 for each model version being served (role: active, or canary for some classes)",
+            ["version", "role"],
+            registry=r,
+        )
+        self.state_store_up = Gauge(
+            "grad_state_store_up", "1 when the shared state store (Redis) answers", registry=r
         )
         self.partitions = Gauge(
             "grad_assigned_partitions", "Input partitions assigned to this worker", registry=r
         )
         self.ready = Gauge("grad_ready", "1 when model loaded and partitions assigned", registry=r)
 
-    def set_model(self, version: str) -> None:
+    def set_models(self, active: str, canaries: set[str]) -> None:
         self.model_info.clear()
-        self.model_info.labels(version=version).set(1)
+        self.model_info.labels(version=active, role="active").set(1)
+        for v in canaries:
+            self.model_info.labels(version=v, role="canary").set(1)

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from model.inference import Inspector
+from model.inference import Verdict
 from schemas import EVENT_SCHEMA_VERSION, DeadLetter, InspectionEvent, InspectionResult
 from schemas.events import StageTimings
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource, Rejected
+from worker.models import ModelRouter
 
 
 def parse_event(value: bytes | None) -> InspectionEvent:
@@ -79,6 +80,8 @@ class Outgoing:
     kind: str  # "result" or the dead-letter reason
     captured_at: datetime | None = None
     verdict: str | None = None
+    result: InspectionResult | None = None  # what is recorded in SQL, for a result
+    image_uri: str | None = None
 
 
 def _timed_load(source: ImageSource, event: InspectionEvent, p: Pending) -> np.ndarray:
@@ -105,7 +108,7 @@ class BatchProcessor:
 
     def __init__(
         self,
-        inspector: Inspector,
+        router: ModelRouter,
         heatmaps: HeatmapStore,
         pool: Executor,
         results_topic: str,
@@ -113,7 +116,7 @@ class BatchProcessor:
         instance_id: str,
         retry: Callable[[str, Callable[[], Any]], Any],
     ) -> None:
-        self.inspector = inspector
+        self.router = router
         self.heatmaps = heatmaps
         self.pool = pool
         self.results_topic = results_topic
@@ -145,12 +148,28 @@ class BatchProcessor:
     def _score(
         self, scored: list[Pending], images: list[np.ndarray], t_start: float
     ) -> list[Outgoing]:
-        events = [p.event for p in scored]
-        assert all(e is not None for e in events)
+        events = [p.event for p in scored if p.event is not None]
+        assert len(events) == len(scored)
+        n = len(events)
+        # One forward pass per model version in use (one, except while a class is on a canary).
+        routes = [self.router.route(ev.product_class) for ev in events]
+        groups: dict[str, list[int]] = {}
+        for k, route in enumerate(routes):
+            groups.setdefault(route.version, []).append(k)
+        verdicts: list[Verdict] = [None] * n  # type: ignore[list-item]
+        maps: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+        group_size = [0] * n
         t0 = time.perf_counter()
-        res = self.inspector.inspect(images, [e.product_class for e in events])  # type: ignore[union-attr]
+        for version, idx in groups.items():
+            overrides = {
+                events[k].product_class: cal for k in idx if (cal := routes[k].calibration)
+            }
+            res = self.router.inspector(version).inspect(
+                [images[k] for k in idx], [events[k].product_class for k in idx], overrides
+            )
+            for j, k in enumerate(idx):
+                verdicts[k], maps[k], group_size[k] = res.verdicts[j], res.maps[j], len(idx)
         infer_ms = (time.perf_counter() - t0) * 1000
-        version = self.inspector.version
 
         t0 = time.perf_counter()
         uris = list(
@@ -158,20 +177,19 @@ class BatchProcessor:
                 lambda k: self.retry(
                     "heatmap",
                     lambda: self.heatmaps.write(
-                        events[k].event_id,  # type: ignore[union-attr]
-                        res.maps[k],
-                        {"score": repr(float(res.scores[k])), "model_version": version},
+                        events[k].event_id,
+                        maps[k],
+                        {"score": repr(verdicts[k].score), "model_version": routes[k].version},
                     ),
                 ),
-                range(len(scored)),
+                range(n),
             )
         )
         heatmap_ms = (time.perf_counter() - t0) * 1000
 
         now = datetime.now(timezone.utc)
         outgoing = []
-        for p, ev, v, uri in zip(scored, events, res.verdicts, uris, strict=True):
-            assert ev is not None
+        for k, (p, ev, v, uri) in enumerate(zip(scored, events, verdicts, uris, strict=True)):
             result = InspectionResult(
                 event_id=ev.event_id,
                 line=ev.line,
@@ -184,14 +202,14 @@ class BatchProcessor:
                 is_anomalous=v.is_anomalous,
                 calibrated=v.calibrated,
                 heatmap_uri=uri,
-                model_version=version,
+                model_version=routes[k].version,
                 processed_at=now,
                 timings=StageTimings(
                     queue_ms=(t_start - p.consumed_at) * 1000,
                     fetch_decode_ms=p.fetch_ms,
                     infer_ms=infer_ms,
                     heatmap_ms=heatmap_ms,
-                    batch_size=len(scored),
+                    batch_size=group_size[k],
                 ),
                 attributes=ev.attributes,
             )
@@ -205,6 +223,8 @@ class BatchProcessor:
                     kind="result",
                     captured_at=ev.captured_at,
                     verdict="anomalous" if v.is_anomalous else "normal",
+                    result=result,
+                    image_uri=ev.image_uri,
                 )
             )
         return outgoing

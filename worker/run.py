@@ -85,25 +85,36 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting", settings=settings.safe_dump())
 
     # Heavy imports after the settings are known to be valid: a typo fails in milliseconds.
-    from model.inference import Inspector
+    from model.artifacts import ArtifactStore
+    from model.state_store import open_state_store
     from worker.endpoints import Health, serve
     from worker.heatmaps import HeatmapStore
     from worker.kafka_io import build_consumer, build_producer
     from worker.loop import Worker
     from worker.metrics import WorkerMetrics
+    from worker.models import ModelRouter
 
     metrics = WorkerMetrics()
     health = Health(settings.liveness_timeout_s)
     server = serve(settings.metrics_host, settings.metrics_port, health, metrics)
     log.info("endpoints", port=server.server_address[1])
 
-    inspector = Inspector.from_checkpoint(
-        settings.checkpoint, settings.device, settings.backbone_weights
+    store = open_state_store(
+        settings.redis_url.get_secret_value() if settings.redis_url else None,
+        settings.state_prefix,
     )
-    log.info("model loaded", version=inspector.version, device=str(inspector.device))
+    router = ModelRouter(
+        store,
+        ArtifactStore(settings.artifact_store),
+        settings.device,
+        settings.backbone_weights,
+        settings.state_refresh_s,
+    )
+    router.start(settings.checkpoint)
+    log.info("model ready", active=router.active, state_store_ok=router.store_ok)
     worker = Worker(
         settings,
-        inspector,
+        router,
         build_consumer(settings),
         build_producer(settings),
         HeatmapStore(settings.heatmap_store),

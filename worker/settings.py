@@ -49,10 +49,19 @@ class WorkerSettings(BaseSettings):
     # Largest record the worker reads or writes (inline images, and their dead letters).
     max_message_bytes: PositiveInt = 16 * MiB
 
-    # Model.
-    checkpoint: Path
+    # Model. The active model comes from the state store; `checkpoint` (a path or an fsspec URL)
+    # seeds an empty store, and is served alone when the store cannot be reached at start.
+    checkpoint: str | None = None
     backbone_weights: Path | None = None
     device: str = "auto"
+
+    # Shared state: Redis (a URL such as redis://redis:6379/0), or in process when unset.
+    redis_url: SecretStr | None = Field(default=None, description="may carry a password")
+    state_prefix: str = "grad"
+    # How often the state is re-read even without an announcement (a missed message).
+    state_refresh_s: float = Field(default=30.0, gt=0)
+    # Where checkpoints live for good: a directory or an fsspec URL, <store>/<version>.safetensors.
+    artifact_store: str = "models"
 
     # Batching: up to max_batch images or max_wait_ms after the first one, whichever first.
     max_batch: PositiveInt = 16

@@ -1,0 +1,218 @@
+"""Streaming throughput and latency: the worker through a real broker against the bare model.
+
+    python -m bench.stream --data ../shared/data/industrial [--checkpoint CKPT] [--batches 1 8 32]
+
+Both sides get the same encoded images in the same run, on the same machine:
+- bare: `Inspector.inspect` on images decoded in the loop (what `model.evaluate` does offline),
+  and, for reference, on images decoded beforehand;
+- worker: a real `python -m worker.run` process consuming from the embedded broker (tansu),
+  fetching each image by URI, decoding, scoring, writing heatmaps, publishing, committing.
+  Throughput is measured on a backlog (all events sent at once); latency (processed_at minus
+  captured_at, the moment the event was sent) at a steady offered rate below capacity.
+
+The speed of a GRAD model does not depend on its weights, so without `--checkpoint` a model is
+trained for one epoch on the generated sample set. Writes JSON (default runs/bench/stream.json)
+and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.images import decode_image
+from model.inference import Inspector
+from schemas import InspectionResult
+from worker.embedded_broker import EmbeddedBroker
+from worker.feed import feed, inspection_images, make_event, producer_for, read_topics
+from worker.process import WorkerProcess
+
+
+def quick_model(out: Path) -> Path:
+    from model.config import TrainConfig
+    from model.sample import make_sample
+    from model.settings import ModelSettings
+    from model.train import train
+
+    ckpt = out / "stream-model.safetensors"
+    if not ckpt.exists():
+        data = make_sample(out / "sample", n_train=24, n_test_good=4, n_test_defect=4)
+        settings = ModelSettings(device="cpu", cache_dir=out / "cache")
+        train(data, ckpt, TrainConfig(epochs=1, batch_size=8, seed=0), settings)
+    return ckpt
+
+
+def bare_seconds(inspector: Inspector, blobs: list[bytes], batch: int, decoded: bool) -> float:
+    """Seconds to score `blobs` through the inference API (decoding in the loop unless
+    `decoded`), in batches of `batch`."""
+    pre = [decode_image(b) for b in blobs] if decoded else None
+    t0 = time.perf_counter()
+    for i in range(0, len(blobs), batch):
+        chunk = blobs[i : i + batch]
+        inspector.inspect(
+            pre[i : i + batch] if pre is not None else [decode_image(b) for b in chunk]
+        )
+    return time.perf_counter() - t0
+
+
+class WorkerUnderTest:
+    """A real `python -m worker.run` process at one batch size, on its own fresh topic."""
+
+    def __init__(
+        self, broker: EmbeddedBroker, ckpt: Path, roots: list[Path], out: Path, batch: int
+    ) -> None:
+        self.broker = broker
+        self.topic = f"bench-{batch}-{uuid.uuid4().hex[:6]}"
+        broker.create_topic(self.topic, 4)
+        broker.create_topic(f"{self.topic}.results", 4)
+        broker.create_topic(f"{self.topic}.dlq", 1)
+        self.done = 0
+        self.proc = WorkerProcess(
+            bootstrap=broker.bootstrap,
+            topic=self.topic,
+            checkpoint=ckpt,
+            image_roots=roots,
+            heatmaps=out / "heatmaps",
+            log=out / f"worker-b{batch}.log",
+            group=f"bench-{batch}",
+            max_batch=batch,
+            max_wait_ms=50,
+            extra_env={"WORKER_LOG_LEVEL": "warning"},
+        )
+
+    def __enter__(self) -> WorkerUnderTest:
+        self.proc.start().wait_ready(180)
+        self.producer = producer_for(self.broker.bootstrap)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.producer.close()
+        self.proc.stop()
+
+    def send(self, picks: list[tuple[str, Path, bool]], rate_hz: float = 0.0) -> list:
+        """Send one event per pick and wait for all their results; returns the results."""
+        events = [make_event(p, c) for c, p, _ in picks]
+        ids = {e.event_id for e in events}
+        feed(self.producer, self.topic, events, rate_hz=rate_hz)
+        self.done += len(events)
+        got = read_topics(self.broker.bootstrap, [f"{self.topic}.results"], self.done, 900)
+        res = [InspectionResult.model_validate_json(r.value) for r in got]
+        res = [r for r in res if r.event_id in ids]
+        assert len(res) == len(events), f"{len(events) - len(res)} results missing"
+        return res
+
+    def seconds(self, picks: list[tuple[str, Path, bool]]) -> float:
+        """Seconds from sending a backlog to the last result being published."""
+        t0 = time.time()
+        res = self.send(picks)
+        return max(r.processed_at.timestamp() for r in res) - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="MVTec-layout images")
+    ap.add_argument("--checkpoint", type=Path)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--images", type=int, default=192, help="events per throughput run")
+    ap.add_argument("--rounds", type=int, default=4, help="turns each side takes")
+    ap.add_argument("--steady", type=int, default=96, help="events per latency run")
+    ap.add_argument(
+        "--load",
+        type=float,
+        default=0.5,
+        help="offered rate for latency, as a fraction of the slowest worker's throughput",
+    )
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = ap.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = (args.checkpoint or quick_model(out)).resolve()
+    data = args.data.resolve()
+
+    items = list(inspection_images(data))
+    # Every class, spread evenly (the data may hold far more of one class than another).
+    by_class: dict[str, list] = {}
+    for item in items:
+        by_class.setdefault(item[0], []).append(item)
+    rounds = itertools.zip_longest(*by_class.values())
+    picks = [x for r in rounds for x in r if x is not None][: args.images]
+    picks = (picks * (args.images // len(picks) + 1))[: args.images]
+    blobs = [p.read_bytes() for _, p, _ in picks]
+
+    inspector = Inspector.from_checkpoint(ckpt, "cpu")
+    report: dict = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "checkpoint": inspector.version,
+        "images": len(blobs),
+        "batches": {},
+    }
+    # This machine's speed drifts by up to 2x over minutes (shared cores), so the bare model and
+    # the worker take turns on the same chunks of images, and each side sums its own time.
+    bare_seconds(inspector, blobs[:8], 8, decoded=False)  # warm-up
+    with EmbeddedBroker(log_path=out / "broker.log") as broker:
+        for b in tqdm(args.batches, desc="throughput, bare and worker in turns", unit="batch"):
+            with WorkerUnderTest(broker, ckpt, [data], out, b) as w:
+                w.send(picks[:b])  # warm-up: first forward pass, connections
+                t_bare = t_worker = t_pre = 0.0
+                step = len(picks) // args.rounds
+                for r in range(args.rounds):
+                    chunk = slice(r * step, (r + 1) * step)
+                    t_bare += bare_seconds(inspector, blobs[chunk], b, decoded=False)
+                    t_worker += w.seconds(picks[chunk])
+                    t_pre += bare_seconds(inspector, blobs[chunk], b, decoded=True)
+                n = step * args.rounds
+                report["batches"][b] = {
+                    "bare_images_per_s": n / t_bare,
+                    "bare_predecoded_images_per_s": n / t_pre,
+                    "worker_images_per_s": n / t_worker,
+                }
+        slowest = min(v["worker_images_per_s"] for v in report["batches"].values())
+        rate = args.load * slowest
+        report["offered_rate_hz"] = rate
+        for b in tqdm(args.batches, desc="latency at a steady rate", unit="batch"):
+            with WorkerUnderTest(broker, ckpt, [data], out, b) as w:
+                w.send(picks[:b])
+                res = w.send(picks[: args.steady], rate_hz=rate)
+            lat = np.array([(r.processed_at - r.captured_at).total_seconds() for r in res]) * 1000
+            report["batches"][b] |= {
+                "p50_ms": float(np.percentile(lat, 50)),
+                "p99_ms": float(np.percentile(lat, 99)),
+                "n_latency": int(lat.size),
+            }
+
+    best_bare = max(v["bare_images_per_s"] for v in report["batches"].values())
+    best_worker = max(v["worker_images_per_s"] for v in report["batches"].values())
+    report["ratio_best_worker_to_best_bare"] = best_worker / best_bare
+    (out / "stream.json").write_text(json.dumps(report, indent=2))
+    print(
+        f"\n{report['machine']}; {len(blobs)} images; offered rate {rate:.1f} images/s for latency"
+    )
+    print(
+        "| batch | bare (decode+infer) img/s | bare (pre-decoded) img/s | worker img/s "
+        "| worker / bare | p50 ms | p99 ms |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for b, v in report["batches"].items():
+        print(
+            f"| {b} | {v['bare_images_per_s']:.1f} | {v['bare_predecoded_images_per_s']:.1f} | "
+            f"{v['worker_images_per_s']:.1f} | "
+            f"{v['worker_images_per_s'] / v['bare_images_per_s']:.2f} | "
+            f"{v['p50_ms']:.0f} | {v['p99_ms']:.0f} |"
+        )
+    print(
+        f"best worker / best bare: {report['ratio_best_worker_to_best_bare']:.2f} (target >= 0.85)"
+    )
+    print(f"wrote {out / 'stream.json'}")
+
+
+if __name__ == "__main__":
+    main()
