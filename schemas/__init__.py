@@ -5,6 +5,7 @@ from schemas.events import (
     DeadLetter,
     InspectionEvent,
     InspectionResult,
+    OperatorLabel,
     StageTimings,
 )
 from schemas.model_state import (
@@ -24,6 +25,7 @@ __all__ = [
     "DeadLetter",
     "InspectionEvent",
     "InspectionResult",
+    "OperatorLabel",
     "StageTimings",
     "StateChange",
 ]

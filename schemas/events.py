@@ -96,9 +96,30 @@ class InspectionResult(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict)
 
 
+class OperatorLabel(BaseModel):
+    """An operator's verdict on an inspection, from `<topic>.feedback` (or `model.label`).
+
+    Labels are what retraining learns from: only images labelled normal (and, when enabled,
+    confidently normal unlabelled ones) are trained on; anomalous ones are held out for the gate.
+    A label for an event not recorded yet is kept and applied when the inspection arrives.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = Field(description="version of this contract")
+    event_id: str = Field(pattern=EVENT_ID_PATTERN)
+    label: Literal["normal", "anomalous"]
+    by: str = Field(min_length=1, max_length=200, description="who gave the label")
+    note: str | None = Field(default=None, max_length=2000)
+    labelled_at: AwareDatetime | None = Field(
+        default=None, description="when it was given (default: when the worker reads it)"
+    )
+
+
 DeadLetterReason = Literal[
     "invalid_json",
     "invalid_event",
+    "invalid_label",
     "unknown_schema_version",
     "image_too_large",
     "undecodable_image",

@@ -11,13 +11,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas.events import DeadLetter, InspectionEvent, InspectionResult
+from schemas.events import DeadLetter, InspectionEvent, InspectionResult, OperatorLabel
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 CONTRACTS: dict[str, type[BaseModel]] = {
     "inspection_event": InspectionEvent,
     "inspection_result": InspectionResult,
     "dead_letter": DeadLetter,
+    "operator_label": OperatorLabel,
 }
 
 

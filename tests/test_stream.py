@@ -20,6 +20,7 @@ import pytest
 
 from model.images import read_image
 from model.inference import Inspector
+from model.records import RecordStore
 from schemas import DeadLetter, InspectionEvent, InspectionResult
 from tests.streaming import committed
 from worker.embedded_broker import EmbeddedBroker
@@ -44,6 +45,7 @@ def new_topic(broker: EmbeddedBroker, partitions: int = PARTITIONS) -> str:
     broker.create_topic(topic, partitions)
     broker.create_topic(f"{topic}.results", partitions)
     broker.create_topic(f"{topic}.dlq", 1)
+    broker.create_topic(f"{topic}.feedback", 1)
     return topic
 
 
@@ -152,6 +154,7 @@ def test_200_events_and_20_malformed(broker, industrial, sample_data, tiny_ckpt,
     # A few of a class the model is calibrated for, the rest uncalibrated classes.
     fabric = sorted((sample_data / "fabric" / "test" / "good").iterdir())[:4]
     events += [(make_event(p, "fabric", station="cam-7"), p) for p in fabric]
+    inline_ids = {ev.event_id for ev, _ in events if ev.image_b64 is not None}
     bad = malformed_records(industrial, outside)
     assert len(bad) == 20
 
@@ -235,6 +238,15 @@ def test_200_events_and_20_malformed(broker, industrial, sample_data, tiny_ckpt,
     assert all(
         0 <= r.confidence <= 1 and r.is_anomalous == (r.score > r.threshold) for r in results
     )
+
+    # Every scored event is recorded once in SQL (the embedded default, SQLite), as published.
+    with RecordStore(f"sqlite:///{tmp_path / 'inspections.sqlite3'}") as records:
+        assert records.count() == len(events)
+        for r in results[::7]:
+            row = records.get(r.event_id)
+            assert row is not None and row.model_version == r.model_version
+            assert row.heatmap_uri == r.heatmap_uri and row.score == pytest.approx(r.score)
+            assert (row.image_uri is None) == (r.event_id in inline_ids)
 
     # Offsets: every input record (valid or not) is committed.
     done = committed(broker.bootstrap, "grad-test", topic, PARTITIONS)

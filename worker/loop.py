@@ -26,6 +26,9 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from model.records import RecordStore, RecordStoreUnavailable
+from schemas import OperatorLabel
+from schemas.records import InspectionRecord
 from worker.endpoints import Health
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource
@@ -36,6 +39,7 @@ from worker.settings import WorkerSettings
 
 T = TypeVar("T")
 IDLE_POLL_MS = 500  # how often an idle loop looks at the stop flag and beats
+LISTENER_DB_WAIT_S = 30.0  # a revocation waits this long for the database, then lets go
 
 
 class Worker:
@@ -48,6 +52,7 @@ class Worker:
         heatmaps: HeatmapStore,
         metrics: WorkerMetrics,
         health: Health,
+        records: RecordStore | None = None,
     ) -> None:
         self.s = settings
         self.consumer = consumer
@@ -65,6 +70,7 @@ class Worker:
         )
         assert settings.results_topic and settings.dlq_topic  # filled in by the settings
         self.router = router
+        self.records = records
         self.processor = BatchProcessor(
             router,
             heatmaps,
@@ -88,7 +94,8 @@ class Worker:
         self.stopping.set()
 
     def run(self) -> None:
-        self.consumer.subscribe([self.s.topic], listener=_Rebalance(self))
+        topics = [self.s.topic] + ([self.s.feedback_topic] if self.s.feedback_topic else [])
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
         self.log.info("consuming", topic=self.s.topic, group=self.s.group_id)
         try:
             while not self.stopping.is_set():
@@ -138,7 +145,7 @@ class Worker:
                 if self.deadline is None:
                     self.deadline = time.monotonic() + self.s.max_wait_ms / 1000
                 p = Pending(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
-                self.pending.append(admit(p, self.source, self.pool))
+                self.pending.append(admit(p, self.source, self.pool, self.s.feedback_topic))
 
     def _batch_due(self) -> bool:
         if not self.pending:
@@ -153,15 +160,19 @@ class Worker:
     # -- one batch ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Process, publish and commit the pending batch."""
+        """Process, publish, record and commit the pending batch."""
         offsets = self._process_and_publish()
         if offsets:
             self._commit(offsets)
 
-    def _process_and_publish(self) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Results and dead letters of the pending batch, acknowledged by the broker; returns
-        the offsets that may now be committed. Never touches the consumer, so the rebalance
-        listener can run it on the consumer's I/O thread."""
+    def _process_and_publish(
+        self, in_listener: bool = False
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Results and dead letters of the pending batch acknowledged by the broker, and its
+        inspection rows and labels durable in SQL; returns the offsets that may now be
+        committed (none if the rows could not be written: the batch is then redelivered).
+        In the rebalance listener (`in_listener`, the consumer's I/O thread) it must not call
+        the consumer, so it waits for the database with plain sleeps and gives up sooner."""
         batch, self.pending, self.deadline = self.pending, [], None
         if not batch:
             return {}
@@ -170,8 +181,13 @@ class Worker:
         t1 = time.perf_counter()
         self._publish(outgoing)
         t2 = time.perf_counter()
+        labels = [p.label for p in batch if p.label is not None]
+        durable = self._write_records(outgoing, labels, in_listener)
+        t3 = time.perf_counter()
         self.batches += 1
-        self._record(outgoing, process_s=t1 - t0, publish_s=t2 - t1)
+        self._record(outgoing, process_s=t1 - t0, publish_s=t2 - t1, record_s=t3 - t2)
+        if not durable:
+            return {}
         next_offsets: dict[TopicPartition, int] = {}
         for p in batch:
             tp = TopicPartition(p.topic, p.partition)
@@ -216,6 +232,74 @@ class Worker:
                 self.health.beat()
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _write_records(
+        self, outgoing: list[Outgoing], labels: list[OperatorLabel], in_listener: bool
+    ) -> bool:
+        """Upsert the batch's inspection rows, then apply its labels; retry while the database
+        is unreachable. Consumption is paused meanwhile (the loop still polls, so the worker
+        keeps its partitions), and nothing is committed until the rows are durable."""
+        if self.records is None:
+            return True
+        rows = [InspectionRecord.from_result(o.result, o.image_uri) for o in outgoing if o.result]
+        if not rows and not labels:
+            return True
+        delay, paused = 0.5, False
+        give_up = time.monotonic() + LISTENER_DB_WAIT_S
+        while True:
+            try:
+                if rows:
+                    self.records.upsert_inspections(rows)
+                for lab in labels:
+                    outcome = self.records.label(
+                        lab.event_id, lab.label, lab.by, lab.note, lab.labelled_at
+                    )
+                    self.log.info(
+                        "label " + outcome, event_id=lab.event_id, label=lab.label, by=lab.by
+                    )
+                break
+            except RecordStoreUnavailable as exc:
+                if self.health.database_ok:
+                    self.log.warning(
+                        "database unreachable: consumption paused, nothing committed",
+                        error=str(exc),
+                    )
+                self.health.database_ok = False
+                self.metrics.database_up.set(0)
+                self.metrics.retries.labels(stage="database").inc()
+                self.health.beat()
+                if self.stopping.is_set():
+                    # Shutting down: leave the batch uncommitted (redelivered, not lost) rather
+                    # than wait out the drain timeout for a database that is not coming back.
+                    self.log.warning("stopping with the database down: batch left uncommitted")
+                    return False
+                if in_listener:
+                    if time.monotonic() > give_up:
+                        return False
+                    time.sleep(delay)
+                else:
+                    paused = True
+                    self._idle_poll(delay)
+                delay = min(delay * 2, 10.0)
+        if paused:
+            self.consumer.resume(*self.consumer.assignment())
+        if not self.health.database_ok:
+            self.log.info("database back: consumption resumed")
+        self.health.database_ok = True
+        self.metrics.database_up.set(1)
+        self.metrics.recorded.labels(kind="inspection").inc(len(rows))
+        self.metrics.recorded.labels(kind="label").inc(len(labels))
+        return True
+
+    def _idle_poll(self, seconds: float) -> None:
+        """Stay in the group without taking new work: poll with every partition paused. A
+        rebalance inside the poll may assign fresh, unpaused partitions; anything they return
+        is rewound (seek) so it is read again after the outage, never skipped."""
+        self.consumer.pause(*self.consumer.assignment())
+        polled = self.consumer.poll(timeout_ms=int(seconds * 1000))
+        for tp, records in polled.items():
+            self.consumer.seek(tp, min(r.offset for r in records))
+            self.consumer.pause(tp)
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         try:
@@ -287,7 +371,9 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         if not w.pending:
             return
         w.log.info("partitions revoked: finishing batch in flight", records=len(w.pending))
-        offsets = w._process_and_publish()
+        offsets = w._process_and_publish(in_listener=True)
+        if not offsets:
+            return
         try:
             await w.consumer.commit_async(offsets)
             w.metrics.commits.labels(outcome="ok").inc()

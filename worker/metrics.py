@@ -50,6 +50,12 @@ class WorkerMetrics:
             ["version", "role"],
             registry=r,
         )
+        self.recorded = Counter(
+            "grad_rows_recorded", "Inspection rows and labels written to SQL", ["kind"], registry=r
+        )
+        self.database_up = Gauge(
+            "grad_database_up", "1 when the inspection database accepts writes", registry=r
+        )
         self.state_store_up = Gauge(
             "grad_state_store_up", "1 when the shared state store (Redis) answers", registry=r
         )

@@ -13,21 +13,28 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
 
 from model.inference import Verdict
-from schemas import EVENT_SCHEMA_VERSION, DeadLetter, InspectionEvent, InspectionResult
+from schemas import (
+    EVENT_SCHEMA_VERSION,
+    DeadLetter,
+    InspectionEvent,
+    InspectionResult,
+    OperatorLabel,
+)
 from schemas.events import StageTimings
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource, Rejected
 from worker.models import ModelRouter
 
+M = TypeVar("M", InspectionEvent, OperatorLabel)
 
-def parse_event(value: bytes | None) -> InspectionEvent:
-    """The event in a record's value, or `Rejected` saying what is wrong with it."""
+
+def _parse(value: bytes | None, model: type[M], invalid: str) -> M:
     if value is None:
         raise Rejected("invalid_json", "record has no value (tombstone)")
     try:
@@ -43,12 +50,22 @@ def parse_event(value: bytes | None) -> InspectionEvent:
             f"schema_version {version!r}; this worker reads {EVENT_SCHEMA_VERSION}",
         )
     try:
-        return InspectionEvent.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'event'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
         )
-        raise Rejected("invalid_event", errors) from exc
+        raise Rejected(invalid, errors) from exc
+
+
+def parse_event(value: bytes | None) -> InspectionEvent:
+    """The event in a record's value, or `Rejected` saying what is wrong with it."""
+    return _parse(value, InspectionEvent, "invalid_event")
+
+
+def parse_label(value: bytes | None) -> OperatorLabel:
+    """An operator label from the feedback topic, or `Rejected`."""
+    return _parse(value, OperatorLabel, "invalid_label")
 
 
 @dataclass
@@ -66,6 +83,7 @@ class Pending:
     rejection: Rejected | None = None
     image: Future[np.ndarray] | None = None
     fetch_ms: float = 0.0
+    label: OperatorLabel | None = None  # a feedback record instead of an inspection event
 
 
 @dataclass(frozen=True)
@@ -92,9 +110,14 @@ def _timed_load(source: ImageSource, event: InspectionEvent, p: Pending) -> np.n
         p.fetch_ms = (time.perf_counter() - t0) * 1000
 
 
-def admit(p: Pending, source: ImageSource, pool: Executor) -> Pending:
+def admit(
+    p: Pending, source: ImageSource, pool: Executor, feedback_topic: str | None = None
+) -> Pending:
     """Parse now; start fetching and decoding in the pool, off the polling thread."""
     try:
+        if p.topic == feedback_topic:
+            p.label = parse_label(p.value)
+            return p
         p.event = parse_event(p.value)
     except Rejected as r:
         p.rejection = r
@@ -125,6 +148,8 @@ class BatchProcessor:
         self.retry = retry  # retry(stage, fn): runs fn until it stops raising a transient error
 
     def process(self, batch: list[Pending]) -> list[Outgoing]:
+        """One outgoing record per inspection event or rejected record; labels have none (the
+        loop records them)."""
         t_start = time.monotonic()
         images: list[np.ndarray] = []
         scored: list[int] = []
@@ -143,7 +168,7 @@ class BatchProcessor:
         if scored:
             results = self._score([batch[i] for i in scored], images, t_start)
             out.update(zip(scored, results, strict=True))
-        return [out[i] for i in range(len(batch))]
+        return [out[i] for i in range(len(batch)) if i in out]
 
     def _score(
         self, scored: list[Pending], images: list[np.ndarray], t_start: float

@@ -39,6 +39,7 @@ class WorkerProcess:
     max_wait_ms: int = 50
     extra_env: dict[str, str] = field(default_factory=dict)
     artifacts: Path | None = None  # default: a `models` directory beside the log
+    database_url: str | None = None  # default: a SQLite file beside the log
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -49,6 +50,8 @@ class WorkerProcess:
             "WORKER_INSTANCE_ID": f"{self.log.stem}",
             "WORKER_DRAIN_TIMEOUT_S": "60",
             "WORKER_ARTIFACT_STORE": str(self.artifacts or self.log.parent / "models"),
+            "WORKER_DATABASE_URL": self.database_url
+            or f"sqlite:///{self.log.parent / 'inspections.sqlite3'}",
             **self.extra_env,
         }
         cmd = [

@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
     )
     ap.add_argument("--heatmap-store", help="directory or fsspec URL for heatmap PNGs")
     ap.add_argument("--metrics-port", type=int, help="port of /metrics, /livez, /readyz (0: any)")
+    ap.add_argument("--database-url", help="SQL database for inspection records ('' for none)")
+    ap.add_argument("--redis-url", help="Redis for shared model state (default: in process)")
     ap.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     args = vars(ap.parse_args(argv))
     return {k: v for k, v in args.items() if v is not None}
@@ -78,6 +80,23 @@ def configure_logging(level: str) -> None:
     )
 
 
+def open_records(settings: WorkerSettings, log: structlog.typing.FilteringBoundLogger):
+    """The inspection database, migrated at start for SQLite (the embedded default) or when
+    `database_migrate` is set; None when recording is switched off (empty URL)."""
+    from model.records import RecordStore, migrate, safe_url
+
+    url = settings.database_url.get_secret_value()
+    if not url:
+        log.warning("inspection recording is off (WORKER_DATABASE_URL is empty)")
+        return None
+    if settings.database_migrate or (
+        settings.database_migrate is None and url.startswith("sqlite")
+    ):
+        migrate(url)
+    log.info("recording inspections", database=safe_url(url))
+    return RecordStore(url)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = WorkerSettings(**parse_args(argv))  # type: ignore[arg-type]
     configure_logging(settings.log_level)
@@ -112,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     router.start(settings.checkpoint)
     log.info("model ready", active=router.active, state_store_ok=router.store_ok)
+    records = open_records(settings, log)
     worker = Worker(
         settings,
         router,
@@ -120,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         HeatmapStore(settings.heatmap_store),
         metrics,
         health,
+        records,
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

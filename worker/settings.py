@@ -29,6 +29,9 @@ class WorkerSettings(BaseSettings):
     topic: str = Field(min_length=1)
     results_topic: str | None = Field(default=None, description="default: <topic>.results")
     dlq_topic: str | None = Field(default=None, description="default: <topic>.dlq")
+    feedback_topic: str | None = Field(
+        default=None, description="operator labels; default: <topic>.feedback, '-' for none"
+    )
     group_id: str = "grad-worker"
     instance_id: str = Field(default_factory=_default_instance)
 
@@ -79,6 +82,12 @@ class WorkerSettings(BaseSettings):
     # dead-lettered as `transient_retries_exhausted` (kept, replayable, not lost).
     transient_retry_s: float = Field(default=300.0, gt=0)
 
+    # Inspection records (SQL): PostgreSQL in production, a SQLite file by default; empty to
+    # record nothing. Migrations run at start for SQLite; elsewhere the migration job runs them
+    # unless `database_migrate` is true.
+    database_url: SecretStr = SecretStr("sqlite:///inspections.sqlite3")
+    database_migrate: bool | None = None
+
     # Heatmaps: a local directory or an fsspec URL (s3://bucket/heatmaps).
     heatmap_store: str = "heatmaps"
 
@@ -104,6 +113,10 @@ class WorkerSettings(BaseSettings):
             self.results_topic = f"{self.topic}.results"
         if self.dlq_topic is None:
             self.dlq_topic = f"{self.topic}.dlq"
+        if self.feedback_topic is None:
+            self.feedback_topic = f"{self.topic}.feedback"
+        elif self.feedback_topic == "-":
+            self.feedback_topic = None
         if self.security_protocol.startswith("SASL") and not (
             self.sasl_mechanism and self.sasl_username and self.sasl_password
         ):

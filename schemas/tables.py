@@ -1,0 +1,228 @@
+"""The SQL schema: what the worker records and what retraining and audits read back.
+
+SQLAlchemy 2 declarative models, portable between PostgreSQL (production) and SQLite (the
+embedded default). Alembic's migrations in `migrations/` build exactly this schema; a test
+compares the two, so a change here needs a new revision there (`alembic revision
+--autogenerate -m "..."`).
+
+Choices that hold for every table:
+
+- Times are stored in UTC and always come back time-zone aware (`UTCDateTime`): SQLite has no
+  zone-aware type, and a naive time in an audit trail is a time nobody can interpret.
+- Enum-like columns (a label, a status) are short strings with a CHECK constraint rather than
+  database enums: the same on both databases, and a new value is a plain constraint change.
+- Free-form structures (statistics, metrics, gate decisions) are JSON; they are read whole and
+  never queried inside.
+- Constraint and index names come from one naming convention, so every database gets the same
+  names and a migration can address them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Bounds shared with the wire contracts (schemas.events): an event id is at most 200 printable
+# characters; line, station and class at most 100; a URI at most 2048.
+EVENT_ID_LENGTH = 200
+NAME_LENGTH = 100
+URI_LENGTH = 2048
+VERSION_LENGTH = 100
+PERSON_LENGTH = 200
+NOTE_LENGTH = 2000
+
+LABELS = ("normal", "anomalous")
+MODEL_STATUSES = ("candidate", "active", "retired")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A zone-aware time stored as UTC; refuses naive times rather than guess their zone.
+
+    PostgreSQL keeps it as `timestamp with time zone`; SQLite as text in one fixed UTC format,
+    so comparing two stored times in SQL (`labelled_at < ...`) orders them correctly.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: give it a time zone")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; `Base.metadata` is what Alembic compares the migrations against."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}  # noqa: RUF012
+
+
+metadata = Base.metadata
+
+
+class Inspection(Base):
+    """One row per inspected image, keyed by the event id (the worker upserts on it).
+
+    What the line saw (`captured_at`), what the model said (score, threshold, verdict, the
+    version that scored it, a heatmap reference) and, once a quality engineer has looked, what a
+    person says it was (`label`, by whom, when). Retraining selects verified-normal images from
+    here; an audit reads who decided what.
+
+    There is no foreign key to `model_versions`: a worker must be able to record a result even
+    when the model that scored it was loaded from a file nobody registered, and a lost
+    registration must never block the line.
+    """
+
+    __tablename__ = "inspections"
+    __table_args__ = (
+        CheckConstraint(_in("label", LABELS), name="label"),
+        # Retraining: "this class's images processed since T", and "all images since T".
+        Index("ix_inspections_product_class_processed_at", "product_class", "processed_at"),
+        Index("ix_inspections_processed_at", "processed_at"),
+        # Review: "the labelled ones" (and the unlabelled, to queue them).
+        Index("ix_inspections_label", "label"),
+        Index("ix_inspections_model_version", "model_version"),
+    )
+
+    event_id: Mapped[str] = mapped_column(String(EVENT_ID_LENGTH), primary_key=True)
+    line: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    station: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    product_class: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    captured_at: Mapped[datetime] = mapped_column(doc="when the camera took the image")
+    processed_at: Mapped[datetime] = mapped_column(doc="when the worker scored it")
+    # Inline (base64) images have no URI: they cannot be re-read, so retraining skips them.
+    image_uri: Mapped[str | None] = mapped_column(String(URI_LENGTH))
+    heatmap_uri: Mapped[str] = mapped_column(String(URI_LENGTH))
+    score: Mapped[float] = mapped_column(Double, doc="raw image score")
+    threshold: Mapped[float] = mapped_column(Double)
+    confidence: Mapped[float] = mapped_column(Double, doc="0.5 at the threshold")
+    is_anomalous: Mapped[bool]
+    calibrated: Mapped[bool] = mapped_column(doc="false: scored against the global threshold")
+    model_version: Mapped[str] = mapped_column(String(VERSION_LENGTH))
+    # Operator feedback: all four set together, or none.
+    label: Mapped[str | None] = mapped_column(String(16), doc="'normal' or 'anomalous'")
+    labelled_by: Mapped[str | None] = mapped_column(String(PERSON_LENGTH))
+    labelled_at: Mapped[datetime | None]
+    label_note: Mapped[str | None] = mapped_column(String(NOTE_LENGTH))
+
+
+class ModelVersion(Base):
+    """A trained model, by content id (`grad-<hash>`, the checkpoint's version).
+
+    Lineage (`parent_version`), what it learned from (training window, images per class), how
+    it measured (`metrics`), and its life: `candidate` after training, `active` once promoted
+    (at most one at a time, enforced by a partial unique index), `retired` when replaced. The
+    gate decision keeps why a promotion was or was not made.
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        CheckConstraint(_in("status", MODEL_STATUSES), name="status"),
+        Index(
+            "uq_model_versions_one_active",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
+
+    version: Mapped[str] = mapped_column(String(VERSION_LENGTH), primary_key=True)
+    artifact_uri: Mapped[str] = mapped_column(String(URI_LENGTH), doc="where the checkpoint is")
+    parent_version: Mapped[str | None] = mapped_column(
+        String(VERSION_LENGTH), ForeignKey("model_versions.version"), doc="fine-tuned from"
+    )
+    created_at: Mapped[datetime]
+    train_window_start: Mapped[datetime | None] = mapped_column(doc="oldest image trained on")
+    train_window_end: Mapped[datetime | None] = mapped_column(doc="newest image trained on")
+    images_per_class: Mapped[dict[str, Any]] = mapped_column(doc="class -> training images")
+    metrics: Mapped[dict[str, Any]] = mapped_column(doc="evaluation figures, free form")
+    status: Mapped[str] = mapped_column(String(16), doc="'candidate', 'active' or 'retired'")
+    promoted_at: Mapped[datetime | None]
+    promoted_by: Mapped[str | None] = mapped_column(String(PERSON_LENGTH), doc="person or job")
+    gate_decision: Mapped[dict[str, Any] | None] = mapped_column(
+        doc="the promotion gate's comparison with the active version, and its verdict"
+    )
+
+
+class Calibration(Base):
+    """A product class's decision state under one model version, as set at one time.
+
+    A class is recalibrated (a new target false-positive rate, more normal images) without a
+    new model, so the history is kept: the latest row per (class, version) is the one in
+    force. `statistics` holds what `schemas.model_state.ClassCalibration` holds beside the
+    threshold (mean, std, median, q99, max, n_images, method, scale).
+    """
+
+    __tablename__ = "class_calibrations"
+    __table_args__ = (UniqueConstraint("product_class", "model_version", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    product_class: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    model_version: Mapped[str] = mapped_column(
+        String(VERSION_LENGTH), ForeignKey("model_versions.version"), index=True
+    )
+    threshold: Mapped[float] = mapped_column(Double)
+    statistics: Mapped[dict[str, Any]]
+    target_fpr: Mapped[float] = mapped_column(Double)
+    created_at: Mapped[datetime]
+
+
+class PendingLabel(Base):
+    """An operator label that arrived before its inspection row (never silently dropped).
+
+    Feedback can overtake a result (the worker is behind, or the label came from the line
+    itself). The label waits here, one per event id (the latest `labelled_at` wins), and is
+    moved onto the inspection row, then deleted, in the transaction that records the
+    inspection.
+    """
+
+    __tablename__ = "pending_labels"
+    __table_args__ = (CheckConstraint(_in("label", LABELS), name="label"),)
+
+    event_id: Mapped[str] = mapped_column(String(EVENT_ID_LENGTH), primary_key=True)
+    label: Mapped[str] = mapped_column(String(16))
+    labelled_by: Mapped[str] = mapped_column(String(PERSON_LENGTH))
+    labelled_at: Mapped[datetime]
+    note: Mapped[str | None] = mapped_column(String(NOTE_LENGTH))
+    received_at: Mapped[datetime] = mapped_column(doc="when the database got it")
