@@ -68,7 +68,14 @@ class WorkerUnderTest:
     """A real `python -m worker.run` process at one batch size, on its own fresh topic."""
 
     def __init__(
-        self, broker: EmbeddedBroker, ckpt: Path, roots: list[Path], out: Path, batch: int
+        self,
+        broker: EmbeddedBroker,
+        ckpt: Path,
+        roots: list[Path],
+        out: Path,
+        batch: int,
+        env: dict[str, str] | None = None,
+        name: str = "",
     ) -> None:
         self.broker = broker
         self.topic = f"bench-{batch}-{uuid.uuid4().hex[:6]}"
@@ -82,11 +89,11 @@ class WorkerUnderTest:
             checkpoint=ckpt,
             image_roots=roots,
             heatmaps=out / "heatmaps",
-            log=out / f"worker-b{batch}.log",
-            group=f"bench-{batch}",
+            log=out / f"worker-b{batch}{name}.log",
+            group=f"bench-{batch}{name}",
             max_batch=batch,
             max_wait_ms=50,
-            extra_env={"WORKER_LOG_LEVEL": "warning"},
+            extra_env={"WORKER_LOG_LEVEL": "warning", **(env or {})},
         )
 
     def __enter__(self) -> WorkerUnderTest:
@@ -117,6 +124,37 @@ class WorkerUnderTest:
         return max(r.processed_at.timestamp() for r in res) - t0
 
 
+def state_cost(args, broker, ckpt, data, out, picks, report) -> dict:
+    """The cost of recording (SQL) and shared state (Redis): at the best batch size, a worker
+    with them and one without take turns on the same chunks of images."""
+    best = max(report["batches"], key=lambda b: report["batches"][b]["worker_images_per_s"])
+    with_env = {"WORKER_DATABASE_URL": args.database_url or "", "WORKER_DATABASE_MIGRATE": "true"}
+    if args.redis_url:
+        with_env |= {"WORKER_REDIS_URL": args.redis_url, "WORKER_STATE_PREFIX": uuid.uuid4().hex}
+    without_env = {"WORKER_DATABASE_URL": ""}
+    t_with = t_without = 0.0
+    step = len(picks) // args.rounds
+    with (
+        WorkerUnderTest(broker, ckpt, [data], out, best, with_env, "-state") as w_with,
+        WorkerUnderTest(broker, ckpt, [data], out, best, without_env, "-bare") as w_without,
+    ):
+        w_with.send(picks[:best])
+        w_without.send(picks[:best])
+        for r in tqdm(range(args.rounds), desc="with and without SQL + Redis, in turns"):
+            chunk = picks[r * step : (r + 1) * step]
+            t_without += w_without.seconds(chunk)
+            t_with += w_with.seconds(chunk)
+    n = step * args.rounds
+    return {
+        "batch": best,
+        "database": "postgresql" if (args.database_url or "").startswith("postgres") else "sqlite",
+        "redis": bool(args.redis_url),
+        "with_images_per_s": n / t_with,
+        "without_images_per_s": n / t_without,
+        "ratio": t_without / t_with,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="MVTec-layout images")
@@ -132,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         help="offered rate for latency, as a fraction of the slowest worker's throughput",
     )
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    ap.add_argument("--database-url", help="also measure the worker recording to this database")
+    ap.add_argument("--redis-url", help="... and keeping its model state in this Redis")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -189,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
                 "n_latency": int(lat.size),
             }
 
+        if args.database_url or args.redis_url:
+            report["state"] = state_cost(args, broker, ckpt, data, out, picks, report)
+
     best_bare = max(v["bare_images_per_s"] for v in report["batches"].values())
     best_worker = max(v["worker_images_per_s"] for v in report["batches"].values())
     report["ratio_best_worker_to_best_bare"] = best_worker / best_bare
@@ -211,6 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"best worker / best bare: {report['ratio_best_worker_to_best_bare']:.2f} (target >= 0.85)"
     )
+    if "state" in report:
+        st = report["state"]
+        print(
+            f"with SQL ({st['database']}) and Redis: {st['with_images_per_s']:.1f} img/s, "
+            f"without: {st['without_images_per_s']:.1f} img/s, ratio {st['ratio']:.2f} "
+            f"(batch {st['batch']})"
+        )
     print(f"wrote {out / 'stream.json'}")
 
 
