@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--images", type=int, default=192, help="events per throughput run")
-    ap.add_argument("--rounds", type=int, default=4, help="turns each side takes")
+    ap.add_argument("--rounds", type=int, default=8, help="turns each side takes")
     ap.add_argument("--steady", type=int, default=96, help="events per latency run")
     ap.add_argument(
         "--load",
@@ -202,18 +202,20 @@ def main(argv: list[str] | None = None) -> None:
         for b in tqdm(args.batches, desc="throughput, bare and worker in turns", unit="batch"):
             with WorkerUnderTest(broker, ckpt, [data], out, b) as w:
                 w.send(picks[:b])  # warm-up: first forward pass, connections
-                t_bare = t_worker = t_pre = 0.0
+                rounds: dict[str, list[float]] = {"bare": [], "worker": [], "pre": []}
                 step = len(picks) // args.rounds
                 for r in range(args.rounds):
                     chunk = slice(r * step, (r + 1) * step)
-                    t_bare += bare_seconds(inspector, blobs[chunk], b, decoded=False)
-                    t_worker += w.seconds(picks[chunk])
-                    t_pre += bare_seconds(inspector, blobs[chunk], b, decoded=True)
+                    rounds["bare"].append(bare_seconds(inspector, blobs[chunk], b, False))
+                    rounds["worker"].append(w.seconds(picks[chunk]))
+                    rounds["pre"].append(bare_seconds(inspector, blobs[chunk], b, True))
                 n = step * args.rounds
                 report["batches"][b] = {
-                    "bare_images_per_s": n / t_bare,
-                    "bare_predecoded_images_per_s": n / t_pre,
-                    "worker_images_per_s": n / t_worker,
+                    "bare_images_per_s": n / sum(rounds["bare"]),
+                    "bare_predecoded_images_per_s": n / sum(rounds["pre"]),
+                    "worker_images_per_s": n / sum(rounds["worker"]),
+                    "images_per_round": step,
+                    "seconds_per_round": rounds,
                 }
         slowest = min(v["worker_images_per_s"] for v in report["batches"].values())
         rate = args.load * slowest

@@ -17,6 +17,7 @@ def test_worker_demo_streams_the_sample_through_a_real_worker(tmp_path):
     out = run("worker.demo", "--epochs", "3", "--out", str(tmp_path / "demo"), cwd=tmp_path)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["results"] == 32 and summary["dead_letters"] == 0
+    assert summary["rows"] == 32  # every inspection recorded in the embedded SQLite database
     rows = {
         m["cls"]: m
         for m in re.finditer(

