@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
+import fsspec
 import numpy as np
 import pytest
 
@@ -155,6 +156,7 @@ def test_200_events_and_20_malformed(broker, industrial, sample_data, tiny_ckpt,
     fabric = sorted((sample_data / "fabric" / "test" / "good").iterdir())[:4]
     events += [(make_event(p, "fabric", station="cam-7"), p) for p in fabric]
     inline_ids = {ev.event_id for ev, _ in events if ev.image_b64 is not None}
+    by_id_event = {ev.event_id: ev for ev, _ in events}
     bad = malformed_records(industrial, outside)
     assert len(bad) == 20
 
@@ -246,7 +248,12 @@ def test_200_events_and_20_malformed(broker, industrial, sample_data, tiny_ckpt,
             row = records.get(r.event_id)
             assert row is not None and row.model_version == r.model_version
             assert row.heatmap_uri == r.heatmap_uri and row.score == pytest.approx(r.score)
-            assert (row.image_uri is None) == (r.event_id in inline_ids)
+            if r.event_id in inline_ids:  # archived: retraining can read it back
+                assert row.image_uri.startswith(f"file://{tmp_path / 'archive'}")
+                with fsspec.open(row.image_uri, "rb") as f:
+                    assert f.read() == base64.b64decode(by_id_event[r.event_id].image_b64)
+            else:
+                assert row.image_uri == by_id_event[r.event_id].image_uri
 
     # Offsets: every input record (valid or not) is committed.
     done = committed(broker.bootstrap, "grad-test", topic, PARTITIONS)

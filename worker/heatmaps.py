@@ -4,32 +4,24 @@ The PNG is 16-bit greyscale (bright = anomalous), so any image viewer opens it, 
 chunks carry the linear scale back to raw map values (`grad:min`, `grad:max`) together with the
 event id, score and model version. Quantisation error is at most (max - min) / 65535 / 2, far
 below what separates a defect from a good part. A retry writes the same key, so redelivery
-overwrites instead of duplicating. Local directories get an atomic rename; any other fsspec URL
-(s3://bucket/heatmaps) is written with one put.
+overwrites instead of duplicating (storage: `worker.blob_store`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
-import re
-import tempfile
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import fsspec
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from worker.blob_store import BlobStore, event_key
+
 LEVELS = 65535
 
 
 def heatmap_key(event_id: str) -> str:
-    """`ab/<readable id>-<hash>.png`: stable for an id, safe as a path, spread over 256 dirs."""
-    digest = hashlib.sha256(event_id.encode()).hexdigest()
-    readable = re.sub(r"[^A-Za-z0-9._-]", "_", event_id)[:80]
-    return f"{digest[:2]}/{readable}-{digest[:12]}.png"
+    return event_key(event_id, ".png")
 
 
 def encode_png(amap: np.ndarray, text: dict[str, str]) -> bytes:
@@ -59,36 +51,16 @@ def decode_png(data: bytes) -> tuple[np.ndarray, dict[str, str]]:
 
 class HeatmapStore:
     def __init__(self, base: str) -> None:
-        parts = urlsplit(base)
-        self.local: Path | None = None
-        if parts.scheme in ("", "file"):
-            self.local = Path(parts.path if parts.scheme else base).resolve()
-            self.base_uri = self.local.as_uri()
-        else:
-            self.base_uri = base.rstrip("/")
-            self.fs, self.root = fsspec.core.url_to_fs(self.base_uri)
+        self.blobs = BlobStore(base)
 
     def uri_for(self, event_id: str) -> str:
-        return f"{self.base_uri}/{heatmap_key(event_id)}"
+        return self.blobs.uri_for(heatmap_key(event_id))
 
     def write(self, event_id: str, amap: np.ndarray, text: dict[str, str]) -> str:
         """Store the map; returns its URI. OSError and store errors propagate (transient)."""
-        data = encode_png(amap, {"event_id": event_id, **text})
-        key = heatmap_key(event_id)
-        if self.local is not None:
-            path = self.local / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        else:
-            self.fs.pipe_file(f"{self.root}/{key}", data)
-        return self.uri_for(event_id)
+        return self.blobs.put(
+            heatmap_key(event_id), encode_png(amap, {"event_id": event_id, **text})
+        )
 
 
 def read_heatmap(uri: str) -> tuple[np.ndarray, dict[str, str]]:

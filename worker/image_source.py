@@ -94,7 +94,9 @@ class ImageSource:
 
     def load(self, event: InspectionEvent) -> np.ndarray:
         """H x W x 3 uint8 RGB, or `Rejected`. Transient failures are retried here."""
-        data = self.fetch(event)
+        return self.decode(self.fetch(event))
+
+    def decode(self, data: bytes) -> np.ndarray:
         try:
             return decode_image(data, self.max_pixels)
         except ImageTooLargeError as exc:

@@ -29,6 +29,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from model.records import RecordStore, RecordStoreUnavailable
 from schemas import OperatorLabel
 from schemas.records import InspectionRecord
+from worker.blob_store import BlobStore
 from worker.endpoints import Health
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource
@@ -79,6 +80,7 @@ class Worker:
             settings.dlq_topic,
             settings.instance_id,
             retry=self.retry,
+            archive=BlobStore(settings.image_archive) if settings.image_archive else None,
         )
         self.pending: list[Pending] = []
         self.deadline: float | None = None

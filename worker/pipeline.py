@@ -27,6 +27,7 @@ from schemas import (
     OperatorLabel,
 )
 from schemas.events import StageTimings
+from worker.blob_store import BlobStore, event_key, image_suffix
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource, Rejected
 from worker.models import ModelRouter
@@ -84,6 +85,7 @@ class Pending:
     image: Future[np.ndarray] | None = None
     fetch_ms: float = 0.0
     label: OperatorLabel | None = None  # a feedback record instead of an inspection event
+    inline_bytes: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,11 @@ class Outgoing:
 def _timed_load(source: ImageSource, event: InspectionEvent, p: Pending) -> np.ndarray:
     t0 = time.perf_counter()
     try:
-        return source.load(event)
+        data = source.fetch(event)
+        img = source.decode(data)
+        if event.image_b64 is not None:
+            p.inline_bytes = data  # archived with the results, so retraining can read it back
+        return img
     finally:
         p.fetch_ms = (time.perf_counter() - t0) * 1000
 
@@ -138,6 +144,7 @@ class BatchProcessor:
         dlq_topic: str,
         instance_id: str,
         retry: Callable[[str, Callable[[], Any]], Any],
+        archive: BlobStore | None = None,
     ) -> None:
         self.router = router
         self.heatmaps = heatmaps
@@ -146,6 +153,7 @@ class BatchProcessor:
         self.dlq_topic = dlq_topic
         self.instance_id = instance_id
         self.retry = retry  # retry(stage, fn): runs fn until it stops raising a transient error
+        self.archive = archive  # where inline images are kept (they have no URI of their own)
 
     def process(self, batch: list[Pending]) -> list[Outgoing]:
         """One outgoing record per inspection event or rejected record; labels have none (the
@@ -197,19 +205,26 @@ class BatchProcessor:
         infer_ms = (time.perf_counter() - t0) * 1000
 
         t0 = time.perf_counter()
-        uris = list(
-            self.pool.map(
-                lambda k: self.retry(
-                    "heatmap",
-                    lambda: self.heatmaps.write(
-                        events[k].event_id,
-                        maps[k],
-                        {"score": repr(verdicts[k].score), "model_version": routes[k].version},
-                    ),
+
+        def store(k: int) -> tuple[str, str | None]:
+            ev = events[k]
+            heatmap = self.retry(
+                "heatmap",
+                lambda: self.heatmaps.write(
+                    ev.event_id,
+                    maps[k],
+                    {"score": repr(verdicts[k].score), "model_version": routes[k].version},
                 ),
-                range(n),
             )
-        )
+            image_uri = ev.image_uri
+            data = scored[k].inline_bytes
+            if image_uri is None and data is not None and self.archive is not None:
+                key = event_key(ev.event_id, image_suffix(data))
+                image_uri = self.retry("archive", lambda: self.archive.put(key, data))
+            return heatmap, image_uri
+
+        stored = list(self.pool.map(store, range(n)))
+        uris = [h for h, _ in stored]
         heatmap_ms = (time.perf_counter() - t0) * 1000
 
         now = datetime.now(timezone.utc)
@@ -249,7 +264,7 @@ class BatchProcessor:
                     captured_at=ev.captured_at,
                     verdict="anomalous" if v.is_anomalous else "normal",
                     result=result,
-                    image_uri=ev.image_uri,
+                    image_uri=stored[k][1],
                 )
             )
         return outgoing

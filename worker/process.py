@@ -50,6 +50,7 @@ class WorkerProcess:
             "WORKER_INSTANCE_ID": f"{self.log.stem}",
             "WORKER_DRAIN_TIMEOUT_S": "60",
             "WORKER_ARTIFACT_STORE": str(self.artifacts or self.log.parent / "models"),
+            "WORKER_IMAGE_ARCHIVE": str(self.log.parent / "archive"),
             "WORKER_DATABASE_URL": self.database_url
             or f"sqlite:///{self.log.parent / 'inspections.sqlite3'}",
             **self.extra_env,

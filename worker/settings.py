@@ -90,6 +90,9 @@ class WorkerSettings(BaseSettings):
 
     # Heatmaps: a local directory or an fsspec URL (s3://bucket/heatmaps).
     heatmap_store: str = "heatmaps"
+    # Inline (base64) images are kept here, so their inspection rows have an image URI that
+    # retraining can read back; empty to keep none.
+    image_archive: str = "images"
 
     # Operations.
     metrics_host: str = "0.0.0.0"

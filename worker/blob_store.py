@@ -1,0 +1,75 @@
+"""Write-once-per-key files in a directory or an object store: what heatmaps and archived
+inline images are kept in.
+
+A local directory gets an atomic rename (a reader never sees half a file; a retry replaces the
+file whole); any other fsspec URL (s3://bucket/prefix) gets one put. Keys are derived from the
+event id by the caller, so a redelivered event overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import fsspec
+
+
+def event_key(event_id: str, suffix: str) -> str:
+    """`ab/<readable id>-<hash><suffix>`: stable for an id, safe as a path, spread over 256
+    directories."""
+    digest = hashlib.sha256(event_id.encode()).hexdigest()
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", event_id)[:80]
+    return f"{digest[:2]}/{readable}-{digest[:12]}{suffix}"
+
+
+class BlobStore:
+    def __init__(self, base: str | Path) -> None:
+        base = str(base)
+        parts = urlsplit(base)
+        self.local: Path | None = None
+        if parts.scheme in ("", "file"):
+            self.local = Path(parts.path if parts.scheme else base).resolve()
+            self.base_uri = self.local.as_uri()
+        else:
+            self.base_uri = base.rstrip("/")
+            self.fs, self.root = fsspec.core.url_to_fs(self.base_uri)
+
+    def uri_for(self, key: str) -> str:
+        return f"{self.base_uri}/{key}"
+
+    def put(self, key: str, data: bytes) -> str:
+        """Store `data` under `key`; returns its URI. OSError and store errors propagate (the
+        caller retries them as transient)."""
+        if self.local is not None:
+            path = self.local / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        else:
+            self.fs.pipe_file(f"{self.root}/{key}", data)
+        return self.uri_for(key)
+
+
+def image_suffix(data: bytes) -> str:
+    """File suffix from an image's magic bytes, so an archived image opens by its name."""
+    for magic, suffix in (
+        (b"\x89PNG", ".png"),
+        (b"\xff\xd8\xff", ".jpg"),
+        (b"BM", ".bmp"),
+        (b"II*\x00", ".tif"),
+        (b"MM\x00*", ".tif"),
+        (b"RIFF", ".webp"),
+    ):
+        if data.startswith(magic):
+            return suffix
+    return ".img"
