@@ -46,29 +46,47 @@ from model.train import train
 from schemas.records import InspectionRecord
 
 
-def link_subset(data: Path, root: Path, classes: list[str], per_class: int) -> Path:
-    """An MVTec-layout directory of links: the first `per_class` train/good images."""
+def goods(data: Path, c: str) -> list[Path]:
+    return sorted((data / c / "train" / "good").glob("*.png"))
+
+
+def split_goods(data: Path, classes: list[str], new: str, cap: int) -> tuple[dict, dict]:
+    """Per class, the normal images of the base model and those of the recorded window."""
+    base, window = {}, {}
     for c in classes:
+        g = goods(data, c)
+        if c == new:
+            base[c], window[c] = [], g[:cap]
+        else:
+            k = min(len(g) // 2, cap)
+            base[c], window[c] = g[:k], g[k : k + cap]
+    return base, window
+
+
+def link_subset(root: Path, images: dict[str, list[Path]]) -> Path:
+    """An MVTec-layout directory of links to the given train/good images."""
+    for c, paths in images.items():
+        if not paths:
+            continue
         folder = root / c / "train" / "good"
         folder.mkdir(parents=True, exist_ok=True)
-        for img in sorted((data / c / "train" / "good").glob("*.png"))[:per_class]:
+        for img in paths:
             if not (folder / img.name).exists():
                 os.symlink(img.resolve(), folder / img.name)
     return root
 
 
 def recorded_rows(
-    inspector: Inspector, data: Path, classes: list[str], per_class: int
+    inspector: Inspector, data: Path, window: dict[str, list[Path]]
 ) -> list[InspectionRecord]:
     """Inspections of normal and defect images as a worker records them, labels included."""
     rows = []
     now = datetime.now(timezone.utc) - timedelta(minutes=10)
-    for c in classes:
-        goods = sorted((data / c / "train" / "good").glob("*.png"))[:per_class]
+    for c, normals in window.items():
         test = data / c / "test"
         defects = sorted(p for d in test.iterdir() if d.name != "good" for p in d.glob("*.png"))
         defects = defects[::4]  # a quarter, spread over the defect types
-        items = [(p, "normal") for p in goods] + [(p, "anomalous") for p in defects]
+        items = [(p, "normal") for p in normals] + [(p, "anomalous") for p in defects]
         for i in range(0, len(items), 32):
             chunk = items[i : i + 32]
             res = inspector.inspect([read_image(p) for p, _ in chunk], [c] * len(chunk))
@@ -103,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--new-class", default="transistor", help="the class the base model lacks")
-    p.add_argument("--per-class", type=int, default=150, help="train/good images used per class")
+    p.add_argument(
+        "--per-class", type=int, default=150, help="normal images per class, base and window"
+    )
     p.add_argument("--base-epochs", type=int, default=10)
     p.add_argument("--epochs", type=int, default=10, help="retrain epochs (warm start)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -113,12 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     classes = discover_classes(args.data)
     base_classes = [c for c in classes if c != args.new_class]
+    base_images, window_images = split_goods(args.data, classes, args.new_class, args.per_class)
     settings = ModelSettings(device=args.device)
 
     base_ckpt = out / "base.safetensors"
     t0 = time.perf_counter()
     if not base_ckpt.is_file():
-        subset = link_subset(args.data, out / "base-data", base_classes, args.per_class)
+        subset = link_subset(out / "base-data", base_images)
         cfg = TrainConfig(epochs=args.base_epochs, batch_size=args.batch_size, step_epochs=30)
         train(subset, base_ckpt, cfg, settings)
     base_seconds = time.perf_counter() - t0
@@ -133,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         blob = base_ckpt.read_bytes()
         register(records, ArtifactStore(out / "models"), blob, base.meta)
         records.set_active(base.version, by="bench.retrain")
-        records.upsert_inspections(recorded_rows(base, args.data, classes, args.per_class))
+        records.upsert_inspections(recorded_rows(base, args.data, window_images))
         counts = records.window_counts(
             datetime.now(timezone.utc) - timedelta(hours=1), datetime.now(timezone.utc)
         )
@@ -162,7 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m bench.retrain " + " ".join(sys.argv[1:] if argv is None else argv),
         "base": base.version,
         "base_classes": base_classes,
-        "base_seconds": round(base_seconds, 1),
+        "base_images": {c: len(v) for c, v in base_images.items()},
+        "base_seconds": round(base_seconds, 1),  # ~0 when base.safetensors was reused
+        "base_training": base.meta.training,
         "candidate": after.version,
         "promoted": report["decision"]["promote"],
         "decision": report["decision"]["reasons"],
@@ -187,15 +210,15 @@ def main(argv: list[str] | None = None) -> None:
         f"{report['train_seconds']} s training)"
     )
     print(
-        "\n| class | images used (train + held-out) | image AUROC before | after "
-        "| calibrated before / after | FPR / recall after |"
+        "\n| class | base model's normals | window's normals (train + held-out) "
+        "| image AUROC before | after | calibrated before / after | FPR / recall after |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for c in classes:
         b, a = result["before"][c], result["after"][c]
         used = report["images"].get(c, {})
         print(
-            f"| {c} | {used.get('train', 0)} + {used.get('heldout', 0)} | "
+            f"| {c} | {len(base_images[c])} | {used.get('train', 0)} + {used.get('heldout', 0)} | "
             f"{b['image_auroc']:.3f} | {a['image_auroc']:.3f} | "
             f"{'yes' if b['calibrated'] else 'no'} / {'yes' if a['calibrated'] else 'no'} | "
             f"{a['fpr_at_threshold']:.3f} / {a['recall_at_threshold']:.3f} |"

@@ -244,4 +244,3 @@ class RedisStateStore:
 def open_state_store(url: str | None, prefix: str = "grad") -> StateStore:
     """Redis when a URL is given, the in-process store otherwise."""
     return RedisStateStore(url, prefix) if url else LocalStateStore()
-

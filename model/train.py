@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.backbone import build_backbone
+from model.backbone import BackboneInfo, build_backbone
 from model.calibration import calibrate
 from model.checkpoint import content_version, save_checkpoint
 from model.config import DECODERS, HeadConfig, TrainConfig
@@ -137,29 +137,98 @@ def train(
     names = sorted(train_set)
     backbone = build_backbone(settings.backbone, settings.backbone_weights).to(device)
     cache = settings.cache_dir
-    feats = torch.cat(
-        [cached_features(backbone, train_set[c], size, device, cache, f"train {c}") for c in names]
-    )
+    feats = {
+        c: cached_features(backbone, train_set[c], size, device, cache, f"train {c}") for c in names
+    }
     held = {
         c: cached_features(backbone, held_set[c], size, device, cache, f"held-out {c}")
         for c in names
     }
-    held_all = torch.cat([held[c] for c in names])
-    feat_seconds = time.perf_counter() - started
+    return train_from_features(
+        feats,
+        held,
+        out,
+        cfg,
+        backbone.info,
+        size,
+        device,
+        variant=variant,
+        threshold_rule=threshold_rule,
+        jitter=jitter,
+        snapshot_every=snapshot_every,
+        feature_seconds=time.perf_counter() - started,
+        gen=gen,
+    )
 
-    threshold = derive_refine_threshold(feats, cfg.threshold_ratio)
+
+def train_from_features(
+    train_feats: dict[str, torch.Tensor],
+    held_feats: dict[str, torch.Tensor],
+    out: Path,
+    cfg: TrainConfig,
+    backbone_info: BackboneInfo,
+    image_size: int,
+    device: torch.device,
+    *,
+    variant: str = "crad-s",
+    threshold_rule: str = "energy",
+    jitter: bool = True,
+    snapshot_every: int = 0,
+    init_from: tuple[dict[str, torch.Tensor], CheckpointMeta] | None = None,
+    feature_seconds: float = 0.0,
+    gen: torch.Generator | None = None,
+    provenance: dict[str, float | int | str | bool | None] | None = None,
+) -> CheckpointMeta:
+    """Train the head on backbone features given per class (N x C x S x S each), select by
+    held-out loss, calibrate every class on its held-out features, save to `out`.
+
+    `init_from=(tensors, meta)` warm-starts from a trained model (a fine-tune): its head shape,
+    decoder variant and refinement threshold are kept, `variant` and `threshold_rule` are
+    ignored. `cfg.epochs == 0` trains nothing: the initial head (the parent's weights, or an
+    untrained one) is exported, calibrated on the held-out features. `provenance` is added to
+    the checkpoint's `training` record.
+    """
+    if gen is None:
+        gen = seed_everything(cfg.seed)
+    names = sorted(train_feats)
+    if sorted(held_feats) != names:
+        raise ValueError("train and held-out features must cover the same classes")
+    size = image_size
+    feats = torch.cat([train_feats[c] for c in names])
+    held = held_feats
+    held_all = torch.cat([held[c] for c in names])
+
+    parent = init_from[1] if init_from is not None else None
+    if parent is not None:
+        if (parent.channels, parent.feature_size) != (feats.shape[1], feats.shape[2]):
+            raise ValueError(
+                f"features are {feats.shape[1]} x {feats.shape[2]}, the model to warm-start "
+                f"from expects {parent.channels} x {parent.feature_size}"
+            )
+        variant, threshold_rule = parent.variant, parent.refine_threshold_rule
+        threshold = parent.refine_threshold
+    else:
+        threshold = derive_refine_threshold(feats, cfg.threshold_ratio)
     head_cfg = HeadConfig(
         channels=feats.shape[1],
         feature_size=feats.shape[2],
         variant=variant,
         refine_threshold=threshold,
         jitter_prob=0.5 if jitter else 0.0,
+        **(
+            {"local_grid": parent.local_grid, "global_grid": parent.global_grid}
+            if parent is not None
+            else {}
+        ),
     )
     head = GRADHead(head_cfg).to(device)
+    if init_from is not None:
+        head.load_state_dict(init_from[0], strict=True)
+    start = f"warm start from {parent.version}" if parent is not None else "from scratch"
     tqdm.write(
         f"GRAD {variant}: {count_trainable(head) / 1e6:.2f} M trainable parameters, "
         f"{len(feats)} training and {len(held_all)} held-out images over {len(names)} classes, "
-        f"refinement threshold {threshold:.3f} ({threshold_rule})"
+        f"refinement threshold {threshold:.3f} ({threshold_rule}), {start}"
     )
 
     def export(state: dict[str, torch.Tensor], path: Path, history: list[dict]) -> CheckpointMeta:
@@ -167,7 +236,7 @@ def train(
         head.load_state_dict(state)
         head.eval()
         cfg_out = head_cfg
-        if threshold_rule == "heldout-p99":
+        if threshold_rule == "heldout-p99" and parent is None:
             with torch.no_grad():
                 x = held_all.to(device)
                 p99 = mse_percentile(head.reconstruct(x), x, 99.0)
@@ -176,7 +245,7 @@ def train(
         scores = {c: head_scores(head, held[c].to(device), size)[1].cpu().numpy() for c in names}
         head.cfg = head_cfg
         selected = [r for r in history if r.get("selected")][-1]
-        info = backbone.info
+        info = backbone_info
         draft = CheckpointMeta(
             version="",
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -197,19 +266,20 @@ def train(
             calibration={c: calibrate(scores[c], cfg.target_fpr) for c in names},
             global_calibration=calibrate(np.concatenate(list(scores.values())), cfg.target_fpr),
             classes=tuple(names),
-            train_images={c: len(train_set[c]) for c in names},
-            heldout_images={c: len(held_set[c]) for c in names},
+            train_images={c: len(train_feats[c]) for c in names},
+            heldout_images={c: len(held[c]) for c in names},
             training={
-                "epochs": len(history),
+                "epochs": len(history) if cfg.epochs else 0,
                 "batch_size": cfg.batch_size,
                 "seed": cfg.seed,
                 "jitter": jitter,
                 "step_epochs": cfg.step_epochs,
                 "best_epoch": int(selected["epoch"]),
                 "best_heldout_loss": float(selected["heldout_loss"]),
-                "feature_seconds": round(feat_seconds, 1),
+                "feature_seconds": round(feature_seconds, 1),
                 "train_seconds": round(sum(r["seconds"] for r in history), 1),
                 "device": str(device),
+                **(provenance or {}),
             },
         )
         tensors = {k: v.detach().cpu() for k, v in state.items()}
@@ -227,7 +297,19 @@ def train(
             head.load_state_dict(live)
             head.train()
 
-    best_state, history = fit_head(head, feats, held_all, cfg, device, gen, snapshot)
+    if cfg.epochs == 0:  # nothing to fit: the initial head as it is, calibrated
+        best_state = copy.deepcopy(head.state_dict())
+        history = [
+            {
+                "epoch": 0,
+                "loss": float("nan"),
+                "seconds": 0.0,
+                "heldout_loss": heldout_loss(head, held_all, device),
+                "selected": 1.0,
+            }
+        ]
+    else:
+        best_state, history = fit_head(head, feats, held_all, cfg, device, gen, snapshot)
     return export(best_state, out, history)
 
 

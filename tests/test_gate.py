@@ -54,7 +54,7 @@ def test_a_worse_candidate_is_refused_and_the_report_says_why():
 
 def test_false_positives_beyond_the_tolerance_are_refused():
     # Normals with a tail the other half never saw: false positives out of sample.
-    tail = np.r_[NORMALS[:38], 50.0, 50.0]
+    tail = np.r_[NORMALS[:37], 50.0, 50.0, 50.0]
     d = decide({"cookie": scores(tail, [])}, {"cookie": scores(NORMALS, [])})
     assert not d["pass"] and "false-positive rate" in d["reasons"][0]
 
@@ -85,3 +85,18 @@ def test_the_active_model_as_served_is_reported():
     d = decide({"c": scores()}, {"c": scores(served=1.5)})
     served = d["classes"]["c"]["active_as_served"]
     assert served["threshold"] == 1.5 and served["recall"] == 1.0
+
+
+def test_a_difference_of_one_image_is_noise_unless_told_otherwise():
+    normals = NORMALS[:12]
+    one_more = np.r_[normals[:11], 50.0]  # one false positive more, out of 12
+    d = decide({"c": scores(one_more, [])}, {"c": scores(normals, [])})
+    assert d["pass"] and d["tolerances"]["noise_images"] == 1
+    strict = decide(
+        {"c": scores(one_more, [])},
+        {"c": scores(normals, [])},
+        tolerances=Tolerances(noise_images=0),
+    )
+    assert not strict["pass"] and "tolerance 0.020" in strict["reasons"][0]
+    missed_one = scores(anomalies=np.r_[ANOMALIES[:11], 0.5])  # misses 1 of 12: noise
+    assert decide({"c": missed_one}, {"c": scores()}, tolerances=Tolerances(auroc=0.5))["pass"]

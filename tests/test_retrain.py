@@ -2,9 +2,10 @@
 Redis: a new class is learned, calibrated and promoted; the gate refuses worse candidates and
 says why; a dry run changes nothing; a class the active model serves is never silently dropped.
 
-The active model knows hazelnut (a few epochs on 30 images); the record holds labelled normal
-images of hazelnut and of transistor, a class new to it, and operator-confirmed anomalies of
-both."""
+The active model knows hazelnut (15 epochs on 30 images); the record holds labelled normal
+images of hazelnut and of transistor, a class new to it, operator-confirmed anomalies of both,
+and one inline image the worker did not archive (no URI). The window repeats the images the
+active model trained on, which favours it in the gate: a candidate passes despite that."""
 
 from __future__ import annotations
 
@@ -21,24 +22,20 @@ from model.retrain import RetrainError, RetrainOptions, TestHooks, main, run
 from model.retrain_settings import RetrainSettings
 from model.selection import SelectionError
 from model.state_store import RedisStateStore
-from tests.retraining import defect_images, good_images, inspection, small_model
+from tests.retraining import defect_images, good_images, hazelnut_only, inspection
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("retrain-features")
+    return tmp_path_factory.getbasetemp() / "retrain-features"
 
 
 @pytest.fixture(scope="module")
 def hazelnut_model(industrial: Path, feature_cache: Path, tmp_path_factory):
-    """The active model: hazelnut only."""
-    from model.settings import ModelSettings
-
-    settings = ModelSettings(device="cpu", cache_dir=feature_cache)
-    root = tmp_path_factory.mktemp("hazelnut-model")
-    return small_model(industrial, root, {"hazelnut": 30}, settings, epochs=3)
+    """The active model: hazelnut only (shared with test_retrain_stream)."""
+    return hazelnut_only(industrial, tmp_path_factory.getbasetemp(), feature_cache)
 
 
 def record_window(url: str, industrial: Path, n_transistor: int = 30) -> None:
@@ -75,7 +72,7 @@ def line(industrial, hazelnut_model, own_redis, feature_cache, tmp_path):
         image_roots=[str(industrial)],
         cache_dir=feature_cache,
         device="cpu",
-        retrain_epochs=3,
+        retrain_epochs=8,
         retrain_batch_size=8,
         retrain_dir=tmp_path / "runs",
         promoted_by="retrain-test",
@@ -132,6 +129,7 @@ def test_the_gate_refuses_an_untrained_candidate_and_says_why(line, capsys, monk
     settings, store, parent = line
     monkeypatch.setenv("GRAD_CACHE_DIR", str(settings.cache_dir))
     monkeypatch.setenv("GRAD_DEVICE", "cpu")
+    monkeypatch.setenv("GRAD_STATE_PREFIX", settings.state_prefix)
     code = main(
         [
             *("--since", "1h", "--from-scratch", "--epochs", "0"),
@@ -143,6 +141,7 @@ def test_the_gate_refuses_an_untrained_candidate_and_says_why(line, capsys, monk
     )
     out = capsys.readouterr().out
     assert code == 0  # the run completed; the verdict is in the report
+    assert "gate: candidate" in out and f"against active {parent}" in out
     assert "NOT PROMOTED" in out
     report = json.loads((settings.retrain_dir / "untrained" / "report.json").read_text())
     assert report["decision"]["promote"] is False and report["gate"]["pass"] is False
@@ -173,7 +172,7 @@ def test_a_dry_run_reports_and_changes_nothing(line, capsys):
     out = capsys.readouterr().out
     assert report["dry_run"] and report["plan"]["classes"] == ["hazelnut", "transistor"]
     assert report["plan"]["warm_start_from"] == parent
-    assert f"plan: train from {parent} for 3 epochs on hazelnut, transistor" in out
+    assert f"plan: train from {parent} for 8 epochs on hazelnut, transistor" in out
     assert "dry run: nothing trained" in out
     assert not settings.retrain_dir.exists()
     with RecordStore(settings.database_url.get_secret_value()) as records:

@@ -21,10 +21,9 @@ import pytest
 
 from model.checkpoint import read_meta
 from model.records import RecordStore, migrate
-from model.settings import ModelSettings
 from model.state_store import RedisStateStore
 from tests.databases import fresh_postgres_database
-from tests.retraining import defect_images, good_images, small_model
+from tests.retraining import defect_images, good_images, hazelnut_only
 from tests.test_stream import eventually, new_topic, results_of, send_all
 from worker.feed import make_event, producer_for, read_topics
 from worker.process import WorkerProcess
@@ -59,23 +58,21 @@ def serving(w: WorkerProcess, version: str) -> bool:
 
 
 def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
-    broker, industrial, own_redis, tmp_path
+    broker, industrial, own_redis, tmp_path, tmp_path_factory
 ):
-    cache = tmp_path / "features"
-    m0_ckpt, m0 = small_model(
-        industrial, tmp_path / "m0", {"hazelnut": 30}, ModelSettings(device="cpu", cache_dir=cache),
-        epochs=3,
-    )  # fmt: skip
+    cache = tmp_path_factory.getbasetemp() / "retrain-features"
+    m0_ckpt, m0 = hazelnut_only(industrial, tmp_path_factory.getbasetemp(), cache)
     assert set(m0.calibration) == {"hazelnut"}
     env = {
         **os.environ,
         "GRAD_REDIS_URL": own_redis.url,
         "GRAD_STATE_PREFIX": "rt",
         "GRAD_ARTIFACT_STORE": str(tmp_path / "models"),
-        "GRAD_IMAGE_ROOTS": str(industrial),
+        # The worker archives inline images there (WorkerProcess): readable back, like the rest.
+        "GRAD_IMAGE_ROOTS": f"{industrial},{tmp_path / 'archive'}",
         "GRAD_CACHE_DIR": str(cache),
         "GRAD_DEVICE": "cpu",
-        "GRAD_RETRAIN_EPOCHS": "3",
+        "GRAD_RETRAIN_EPOCHS": "6",
         "GRAD_RETRAIN_BATCH_SIZE": "8",
         "GRAD_RETRAIN_DIR": str(tmp_path / "runs"),
         "GRAD_PROMOTED_BY": "retrain-cron",
@@ -100,12 +97,12 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
         feeder = None
         try:
             w.wait_ready()
-            # 1. The line runs: 40 good images and 8 defects of each class, all recorded.
-            goods = [("hazelnut", p) for p in good_images(industrial, "hazelnut")[:40]]
-            goods += [("transistor", p) for p in good_images(industrial, "transistor")[:40]]
+            # 1. The line runs: 30 good images and 8 defects of each class, all recorded.
+            goods = [("hazelnut", p) for p in good_images(industrial, "hazelnut")[:30]]
+            goods += [("transistor", p) for p in good_images(industrial, "transistor")[:30]]
             defects = [("hazelnut", p) for p in defect_images(industrial, "hazelnut")]
             defects += [("transistor", p) for p in defect_images(industrial, "transistor")]
-            good_events = events_for(goods, "good", inline={0, 41})
+            good_events = events_for(goods, "good", inline={0, 31})
             defect_events = events_for(defects, "defect")
             first = good_events + defect_events
             send_all(broker.bootstrap, topic, first)
@@ -125,8 +122,8 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
                 eventually(lambda: labelled() == len(first), 60)
 
             # 3. The stream goes on while the retrain runs.
-            more = [("hazelnut", p) for p in good_images(industrial, "hazelnut")[40:]]
-            more += [("transistor", p) for p in good_images(industrial, "transistor")[40:]]
+            more = [("hazelnut", p) for p in good_images(industrial, "hazelnut")[30:]]
+            more += [("transistor", p) for p in good_images(industrial, "transistor")[30:]]
             sent: list = []
 
             def feed() -> None:
@@ -140,7 +137,7 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
                     )
                     sent.append(ev)
                     i += 1
-                    time.sleep(0.3)
+                    time.sleep(0.5)
                 producer.flush()
                 producer.close()
 
@@ -173,7 +170,7 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
             )  # fmt: skip
             assert rolled.returncode == 0, rolled.stderr
             eventually(lambda: serving(w, m0.version), 60)
-            rest = good_images(industrial, "transistor")[40:46]
+            rest = good_images(industrial, "transistor")[30:36]
             after = events_for([("transistor", p) for p in rest], "after")
             send_all(broker.bootstrap, topic, after)
             everything = results_of(
@@ -217,10 +214,11 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
             assert records.active_version() == m0.version
             rows = {v.version: v for v in records.model_versions()}
             assert rows[v1].status == "retired" and rows[v1].parent_version == m0.version
-            assert rows[v1].images_per_class["transistor"] == 39  # 40 labelled, one inline
+            # 30 labelled normal each, one of them sent inline and read back from the archive.
+            assert rows[v1].images_per_class == {"hazelnut": 30, "transistor": 30}
             assert rows[v1].gate_decision["promote"] is True
             assert rows[v1].promoted_by == "retrain-cron"
             assert set(records.calibrations(v1)) == {"hazelnut", "transistor"}
             recorded = records.get(live[-1].event_id)
             assert recorded is not None and recorded.model_version == v1
-        assert report["selection"]["transistor"]["unavailable"] == {"inline": 1}
+        assert report["selection"]["transistor"]["unavailable"] == {}

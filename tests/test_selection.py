@@ -24,8 +24,8 @@ from model.selection import (
 from tests.databases import BACKENDS, database
 from tests.retraining import inspection
 
-NOW = datetime.now(timezone.utc)
-START, END = NOW - timedelta(hours=1), NOW + timedelta(minutes=1)
+NOW = datetime.now(timezone.utc)  # at collection: the tests may run many minutes later
+START, END = NOW - timedelta(hours=3), NOW + timedelta(days=1)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -174,7 +174,7 @@ def test_unavailable_images_are_counted_by_reason(store: RecordStore, images: Pa
         inspection("gone", "cookie", images / "missing.png", label="normal"),
         inspection("junk", "cookie", images / "junk.png", label="normal"),
         inspection("out", "cookie", outside / "x.png", label="normal"),
-        inspection("link", "cookie", images / "link.png", label="normal"),
+        inspection("link", "cookie", (images / "link.png").as_uri(), label="normal"),
         inspection("etc", "cookie", "file:///etc/passwd", label="normal"),
         inspection("dots", "cookie", f"file://{images}/../outside/x.png", label="normal"),
         inspection("s3", "cookie", "s3://bucket/a.png", label="normal"),

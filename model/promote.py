@@ -1,0 +1,136 @@
+"""`python -m model.promote VERSION`: make a recorded model version the active one (a rollback,
+or a candidate promoted by hand); `--list` shows the recorded versions.
+
+The version must be recorded in the SQL registry (`model.retrain` records every candidate; a
+model a worker seeded the fleet with is registered by the first retrain). Its checkpoint comes
+from the workers' state store, else the artifact store, else the URI the registry recorded; the
+bytes are verified against the version id (never unpickled). SQL marks it active (the one
+before retired), the state store gets the bytes, and its announcement makes running workers
+switch between two batches. Settings as for `model.retrain` (`GRAD_DATABASE_URL`,
+`GRAD_REDIS_URL`, `GRAD_STATE_PREFIX`, `GRAD_ARTIFACT_STORE`); flags override them.
+
+Exit status 0 when promoted (or listed), 1 when it could not be (not recorded, no bytes, a
+store unreachable), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sqlalchemy import exc as sa_exc
+
+from model.artifacts import ArtifactStore
+from model.checkpoint import CheckpointError
+from model.promotion import PromotionError, find_bytes, promote
+from model.records import RecordStore, RecordStoreUnavailable, safe_url
+from model.retrain_settings import RetrainSettings
+from model.state_store import RedisStateStore, StateStore, StateStoreUnavailable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m model.promote",
+        description="Make a recorded model version active (SQL and the workers' state store).",
+    )
+    p.add_argument("version", nargs="?", metavar="VERSION", help="e.g. grad-0123456789abcdef")
+    p.add_argument("--list", action="store_true", help="list the recorded versions and exit")
+    p.add_argument("--by", dest="promoted_by", help="who the promotion is recorded as made by")
+    p.add_argument("--database-url", help="SQL registry (GRAD_DATABASE_URL)")
+    p.add_argument("--redis-url", help="workers' state store (GRAD_REDIS_URL)")
+    p.add_argument("--state-prefix", help="key prefix in Redis (GRAD_STATE_PREFIX)")
+    p.add_argument("--artifact-store", help="directory or fsspec URL (GRAD_ARTIFACT_STORE)")
+    return p
+
+
+def list_versions(records: RecordStore, store: StateStore | None) -> None:
+    serving = store.active_version() if store is not None else None
+    print(f"{'version':<22} {'status':<9} {'created':<20} {'parent':<22} images  gate")
+    for v in records.model_versions():
+        gate = v.gate_decision or {}
+        verdict = "" if not gate else ("promote" if gate.get("promote") else "refused")
+        mark = "  <- serving" if v.version == serving else ""
+        print(
+            f"{v.version:<22} {v.status:<9} {v.created_at.strftime('%Y-%m-%d %H:%M'):<20} "
+            f"{v.parent_version or '-':<22} {sum(v.images_per_class.values()):>6}  "
+            f"{verdict}{mark}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    version, show = args.pop("version"), args.pop("list")
+    if not version and not show:
+        parser.error("give a VERSION to promote, or --list")
+    try:
+        settings = RetrainSettings(**{k: v for k, v in args.items() if v is not None})
+    except ValueError as exc:
+        print(f"error: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    db_url = settings.database_url.get_secret_value()
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else ""
+    store = RedisStateStore(redis_url, settings.state_prefix) if redis_url else None
+    try:
+        with RecordStore(db_url) as records:
+            if show:
+                list_versions(records, store)
+                return 0
+            recorded = records.model_version(version)
+            if recorded is None:
+                known = [v.version for v in records.model_versions()]
+                print(
+                    f"error: model version {version!r} is not recorded in {safe_url(db_url)}"
+                    + (f"; recorded: {', '.join(known)}" if known else ""),
+                    file=sys.stderr,
+                )
+                return 1
+            blob = find_bytes(
+                version,
+                store=store,
+                artifacts=ArtifactStore(settings.artifact_store),
+                artifact_uri=recorded.artifact_uri,
+            )
+            outcome = promote(version, blob, records=records, store=store, by=settings.promoted_by)
+    except (PromotionError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RecordStoreUnavailable as exc:
+        print(f"error: cannot reach the database: {exc}", file=sys.stderr)
+        return 1
+    except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
+        print(
+            "error: the database has no inspection tables (a worker creates them, or run "
+            f"`alembic upgrade head`): {str(exc.orig).strip().splitlines()[0]}",
+            file=sys.stderr,
+        )
+        return 1
+    except StateStoreUnavailable as exc:
+        print(
+            f"error: cannot reach the state store (Redis): {exc}; the SQL registry may already "
+            "name the version active: run the command again once Redis answers",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if store is not None:
+            store.close()
+    before = outcome.previous_state_store or outcome.previous_sql
+    print(
+        f"{version} is active"
+        + (f" (was {before})" if before and before != version else "")
+        + (
+            "; announced to the workers, which switch between batches"
+            if outcome.state_store
+            else "; no state store configured (GRAD_REDIS_URL): recorded in SQL only"
+        )
+    )
+    if outcome.overrides_cleared:
+        print(f"calibration overrides cleared for: {', '.join(outcome.overrides_cleared)}")
+    if outcome.canaries_kept:
+        print(f"classes pinned to a canary version stay on it: {outcome.canaries_kept}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
