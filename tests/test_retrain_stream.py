@@ -119,7 +119,7 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
                     counts = records.window_counts(*window()).values()
                     return sum(c["labelled_normal"] + c["labelled_anomalous"] for c in counts)
 
-                eventually(lambda: labelled() == len(first), 60)
+                eventually(lambda: labelled() == len(first), 120)
 
             # 3. The stream goes on while the retrain runs.
             more = [("hazelnut", p) for p in good_images(industrial, "hazelnut")[30:]]
@@ -153,9 +153,9 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
             assert "PROMOTE:" in retrain.stdout, retrain.stdout
             report = json.loads(next((tmp_path / "runs").glob("*/report.json")).read_text())
             v1 = report["candidate"]
-            eventually(lambda: serving(w, v1), 60)
+            eventually(lambda: serving(w, v1), 180)
             n_switch = len(sent)
-            eventually(lambda: len(sent) >= n_switch + 15, 60)  # more events after the switch
+            eventually(lambda: len(sent) >= n_switch + 15, 120)  # more events after the switch
             feeding.set()
             feeder.join()
             total = len(first) + len(sent)
@@ -169,7 +169,7 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
                 env=env, capture_output=True, text=True, timeout=120,
             )  # fmt: skip
             assert rolled.returncode == 0, rolled.stderr
-            eventually(lambda: serving(w, m0.version), 60)
+            eventually(lambda: serving(w, m0.version), 180)
             rest = good_images(industrial, "transistor")[30:36]
             after = events_for([("transistor", p) for p in rest], "after")
             send_all(broker.bootstrap, topic, after)
