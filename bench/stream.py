@@ -21,6 +21,8 @@ import argparse
 import itertools
 import json
 import platform
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -38,16 +40,24 @@ from worker.process import WorkerProcess
 
 
 def quick_model(out: Path) -> Path:
-    from model.config import TrainConfig
-    from model.sample import make_sample
-    from model.settings import ModelSettings
-    from model.train import train
-
+    """A one-epoch model on the generated sample, trained in a child process: a process that
+    has just trained scores faster afterwards (its allocator and caches are warm), which the
+    worker never is, so the bare side must not run in one."""
     ckpt = out / "stream-model.safetensors"
     if not ckpt.exists():
-        data = make_sample(out / "sample", n_train=24, n_test_good=4, n_test_defect=4)
-        settings = ModelSettings(device="cpu", cache_dir=out / "cache")
-        train(data, ckpt, TrainConfig(epochs=1, batch_size=8, seed=0), settings)
+        script = (
+            "import sys; from pathlib import Path\n"
+            "from model.config import TrainConfig\n"
+            "from model.sample import make_sample\n"
+            "from model.settings import ModelSettings\n"
+            "from model.train import train\n"
+            "out = Path(sys.argv[1])\n"
+            "data = make_sample(out / 'sample', n_train=24, n_test_good=4, n_test_defect=4)\n"
+            "settings = ModelSettings(device='cpu', cache_dir=out / 'cache')\n"
+            "train(data, out / 'stream-model.safetensors', "
+            "TrainConfig(epochs=1, batch_size=8, seed=0), settings)\n"
+        )
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True)
     return ckpt
 
 
@@ -163,7 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--images", type=int, default=192, help="events per throughput run")
-    ap.add_argument("--rounds", type=int, default=8, help="turns each side takes")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="turns each side takes (each turn the worker starts from an empty topic, so few, "
+        "long turns: a backlog, not a series of cold starts)",
+    )
     ap.add_argument("--steady", type=int, default=96, help="events per latency run")
     ap.add_argument(
         "--load",

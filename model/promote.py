@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sqlalchemy import exc as sa_exc
-
 from model.artifacts import ArtifactStore
 from model.checkpoint import CheckpointError
-from model.promotion import PromotionError, find_bytes, promote
-from model.records import RecordStore, RecordStoreUnavailable, safe_url
+from model.cli_failures import report_failures
+from model.promotion import PromotionError, PromotionOutcome, find_bytes, promote
+from model.records import RecordStore, safe_url
 from model.retrain_settings import RetrainSettings
-from model.state_store import RedisStateStore, StateStore, StateStoreUnavailable
+from model.state_store import RedisStateStore, StateStore
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     db_url = settings.database_url.get_secret_value()
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else ""
     store = RedisStateStore(redis_url, settings.state_prefix) if redis_url else None
-    try:
+
+    def run() -> int:
         with RecordStore(db_url) as records:
             if show:
                 list_versions(records, store)
@@ -92,29 +92,22 @@ def main(argv: list[str] | None = None) -> int:
                 artifact_uri=recorded.artifact_uri,
             )
             outcome = promote(version, blob, records=records, store=store, by=settings.promoted_by)
-    except (PromotionError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except RecordStoreUnavailable as exc:
-        print(f"error: cannot reach the database: {exc}", file=sys.stderr)
-        return 1
-    except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
-        print(
-            "error: the database has no inspection tables (a worker creates them, or run "
-            f"`alembic upgrade head`): {str(exc.orig).strip().splitlines()[0]}",
-            file=sys.stderr,
+        report(version, outcome)
+        return 0
+
+    try:
+        return report_failures(
+            run,
+            (PromotionError, CheckpointError),
+            state_store_advice="; the SQL registry may already name the version active: run "
+            "the command again once Redis answers",
         )
-        return 1
-    except StateStoreUnavailable as exc:
-        print(
-            f"error: cannot reach the state store (Redis): {exc}; the SQL registry may already "
-            "name the version active: run the command again once Redis answers",
-            file=sys.stderr,
-        )
-        return 1
     finally:
         if store is not None:
             store.close()
+
+
+def report(version: str, outcome: PromotionOutcome) -> None:
     before = outcome.previous_state_store or outcome.previous_sql
     print(
         f"{version} is active"
@@ -129,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibration overrides cleared for: {', '.join(outcome.overrides_cleared)}")
     if outcome.canaries_kept:
         print(f"classes pinned to a canary version stay on it: {outcome.canaries_kept}")
-    return 0
 
 
 if __name__ == "__main__":

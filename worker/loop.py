@@ -187,7 +187,7 @@ class Worker:
         durable = self._write_records(outgoing, labels, in_listener)
         t3 = time.perf_counter()
         self.batches += 1
-        self._record(outgoing, process_s=t1 - t0, publish_s=t2 - t1, record_s=t3 - t2)
+        self._record(outgoing, process=t1 - t0, publish=t2 - t1, record=t3 - t2)
         if not durable:
             return {}
         next_offsets: dict[TopicPartition, int] = {}
