@@ -1470,3 +1470,70 @@ def test_readme_queries_metrics_the_worker_exports() -> None:
     known = _metric_names()
     assert used
     assert used <= known, f"not exported by worker/metrics.py: {sorted(used - known)}"
+
+
+# The Python each base image's distribution ships (the venv is made with the system python3).
+BASE_PYTHON = {"ubuntu24.04": "3.12", "ubuntu:24.04": "3.12", "ubuntu22.04": "3.10"}
+MANYLINUX = [f"manylinux_2_{minor}_x86_64" for minor in range(5, 40)]  # glibc 2.39: Ubuntu 24.04
+MANYLINUX += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+
+
+def _pypi_reachable() -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", "safetensors"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+def test_the_pinned_set_installs_on_the_gpu_images_python(tmp_path: Path) -> None:
+    # No container engine runs here, so the image itself is not built by the suite. Its
+    # dependency layer is: what the build stage installs (torch, the project's dependencies, the
+    # object-store driver, under the constraints) must resolve to binary wheels for the base
+    # image's Python on x86-64 Linux, or the build fails after the CI's own Python passed. (The
+    # CPU variant's torch comes from PyTorch's own index, which this machine cannot reach.)
+    if not _pypi_reachable():
+        pytest.skip("no package index reachable: cannot resolve for the image's Python")
+    gpu_base = next(s.image for s in stages() if s.alias == "base-gpu")
+    tag = gpu_base.rsplit(":", 1)[-1]
+    python = next(v for k, v in BASE_PYTHON.items() if tag.endswith(k))
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    drivers = next(
+        i.args.partition("=")[2].strip("\"'")
+        for s in stages()
+        for i in s.instructions
+        if i.keyword == "ARG" and i.args.startswith("FSSPEC_DRIVERS=")
+    ).split()
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+            "--quiet", "--only-binary=:all:", "--implementation", "cp",
+            "--python-version", python, *(a for p in MANYLINUX for a in ("--platform", p)),
+            "--target", str(tmp_path / "target"), "--report", str(report),
+            "-c", str(REPO / "requirements" / "constraints.txt"),
+            "torch", "torchvision", *deps, *drivers,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    installed = {
+        i["metadata"]["name"].lower(): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
+    pins = dict(
+        line.split("==", 1)
+        for line in (REPO / "requirements" / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    for name in ("torch", "torchvision", "fsspec"):
+        assert installed.get(name) == pins[name].split(";")[0].strip(), name
+    # A driver is not pinned: the release made for the pinned fsspec is the one chosen.
+    assert set(drivers) <= set(installed), drivers
