@@ -8,48 +8,44 @@ against the version id), never unpickled.
 
 from __future__ import annotations
 
-import os
-import tempfile
+from functools import cached_property
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import fsspec
+
+from model.blob_store import BlobStore, parse_base
 
 
 class ArtifactStore:
     def __init__(self, base: str | Path) -> None:
-        base = str(base)
-        parts = urlsplit(base)
-        self.local: Path | None = None
-        if parts.scheme in ("", "file"):
-            self.local = Path(parts.path if parts.scheme else base).resolve()
-            self.base = self.local.as_uri()
-        else:
-            self.base = base.rstrip("/")
+        self._spec = str(base)
+        self.local, self.base = parse_base(base)
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        """Opened on the first put, so a store that is only read from (through fsspec URLs) never
+        needs its object-store driver up front."""
+        return BlobStore(self._spec)
 
     def uri_for(self, version: str) -> str:
-        if not version.replace("-", "").isalnum():
-            raise ValueError(f"not a model version id: {version!r}")
-        return f"{self.base}/{version}.safetensors"
+        return f"{self.base}/{_key(version)}"
 
     def put(self, version: str, blob: bytes) -> str:
-        uri = self.uri_for(version)
-        if self.local is not None:
-            self.local.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.local, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, self.local / f"{version}.safetensors")
-        else:
-            with fsspec.open(uri, "wb") as f:
-                f.write(blob)
-        return uri
+        """Store a checkpoint (atomically in a directory); returns its URI. OSError and store
+        errors propagate."""
+        return self.blobs.put(_key(version), blob)
 
     def get(self, version: str) -> bytes | None:
         try:
             return read_bytes(self.uri_for(version))
         except FileNotFoundError:
             return None
+
+
+def _key(version: str) -> str:
+    if not version.replace("-", "").isalnum():
+        raise ValueError(f"not a model version id: {version!r}")
+    return f"{version}.safetensors"
 
 
 def read_bytes(location: str | Path) -> bytes:

@@ -2,10 +2,10 @@
 
 A row in the database is data, not an instruction: a URI is only followed when it lies under a
 configured image root (local directories are resolved, symlinks included, before the check;
-URLs must start with a configured prefix and carry no `..` segment), exactly the rule the
-worker applies to events. Everything else, like an inline image that left no URI, a file that
-was deleted or an undecodable one, is *unavailable* with a reason, counted and reported by the
-caller, never fatal by itself.
+URLs must start with a configured prefix and carry no `..` segment): `model.roots`, the rule the
+worker applies to events. Everything else, like an inline image that left no URI, a file that was
+deleted or an undecodable one, is *unavailable* with a reason, counted and reported by the caller,
+never fatal by itself.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import fsspec
 import numpy as np
 
 from model.images import ImageDecodeError, ImageTooLargeError, decode_image
+from model.roots import OutsideRoots, Roots
 
 # Why a recorded image could not be used (the keys of the report's `unavailable` counts).
 UNAVAILABLE_REASONS = ("inline", "outside_roots", "missing", "too_large", "undecodable", "error")
@@ -44,33 +44,17 @@ class LoadedImage:
         return decode_image(self.data)
 
 
-def _local_path(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.scheme == "":
-        return uri
-    if parts.netloc not in ("", "localhost"):
-        raise ImageUnavailable("outside_roots", f"file URI names a remote host: {parts.netloc!r}")
-    return unquote(parts.path)
-
-
 class RecordedImages:
     """Reads image URIs under `roots` (directories, or URL prefixes such as s3://bucket/img/)."""
 
     def __init__(self, roots: list[str], max_bytes: int, max_pixels: int) -> None:
-        local, urls = [], []
-        for r in roots:
-            if urlsplit(r).scheme in ("", "file"):
-                local.append(Path(_local_path(r)).resolve())
-            else:
-                urls.append(r if r.endswith("/") else r + "/")
-        self.local_roots = tuple(local)
-        self.url_roots = tuple(urls)
+        self.roots = Roots.parse(roots)
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
 
     @property
     def configured(self) -> bool:
-        return bool(self.local_roots or self.url_roots)
+        return self.roots.configured
 
     def load(self, uri: str | None) -> LoadedImage:
         """The image's bytes, checked to decode; `ImageUnavailable` with the reason otherwise."""
@@ -86,12 +70,13 @@ class RecordedImages:
         return LoadedImage(uri, data, hashlib.sha256(data).hexdigest())
 
     def _read(self, uri: str) -> bytes:
-        if urlsplit(uri).scheme in ("", "file"):
-            path = Path(os.path.realpath(_local_path(uri)))
-            if not any(path.is_relative_to(root) for root in self.local_roots):
-                raise ImageUnavailable("outside_roots", f"{uri} is outside the image roots")
+        try:
+            where = self.roots.resolve(uri)
+        except OutsideRoots as exc:
+            raise ImageUnavailable("outside_roots", str(exc)) from exc
+        if isinstance(where, Path):
             try:
-                with path.open("rb") as f:
+                with where.open("rb") as f:
                     if os.fstat(f.fileno()).st_size > self.max_bytes:
                         raise ImageUnavailable("too_large", f"{uri} above {self.max_bytes} bytes")
                     return f.read()
@@ -101,10 +86,6 @@ class RecordedImages:
                 raise ImageUnavailable("outside_roots", f"{uri}: permission denied") from exc
             except OSError as exc:
                 raise ImageUnavailable("error", f"{uri}: {exc}") from exc
-        if ".." in urlsplit(uri).path.split("/") or not any(
-            uri.startswith(prefix) for prefix in self.url_roots
-        ):
-            raise ImageUnavailable("outside_roots", f"{uri} is outside the image roots")
         try:
             fs, path = fsspec.core.url_to_fs(uri)
             size = fs.size(path)

@@ -8,9 +8,9 @@ Two kinds of failure, because they need opposite handling:
   `transient_retry_s`, then dead-lettered as `transient_retries_exhausted`, so a poisoned URI
   cannot stall a partition forever and the record is still kept for replay.
 
-An event never makes the worker read outside the configured roots: local paths are resolved
-(symlinks included) before the check, and URLs must start with a configured prefix and carry no
-`..` segment.
+An event never makes the worker read outside the configured roots (`model.roots`, the rule the
+retraining applies to recorded rows too): local paths are resolved (symlinks included) before the
+check, and URLs must start with a configured prefix and carry no `..` segment.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ import binascii
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import fsspec
 import numpy as np
 
 from model.images import ImageDecodeError, ImageTooLargeError, decode_image
+from model.roots import OutsideRoots, Roots
 from schemas import InspectionEvent
 
 
@@ -45,34 +44,6 @@ class TransientError(Exception):
 
 
 _NOT_FOUND = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
-
-
-@dataclass(frozen=True)
-class Roots:
-    """Where URIs may point: resolved local directories and URL prefixes (`s3://bucket/x/`)."""
-
-    local: tuple[Path, ...]
-    urls: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, roots: list[str]) -> Roots:
-        local, urls = [], []
-        for r in roots:
-            scheme = urlsplit(r).scheme
-            if scheme in ("", "file"):
-                local.append(Path(_local_path(r)).resolve())
-            else:
-                urls.append(r if r.endswith("/") else r + "/")
-        return cls(tuple(local), tuple(urls))
-
-
-def _local_path(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.scheme == "":
-        return uri
-    if parts.netloc not in ("", "localhost"):
-        raise Rejected("uri_not_allowed", f"file URI names a remote host: {parts.netloc!r}")
-    return unquote(parts.path)
 
 
 class ImageSource:
@@ -133,15 +104,13 @@ class ImageSource:
             raise Rejected("undecodable_image", f"image_b64 is not valid base64: {exc}") from exc
 
     def _read_uri(self, uri: str) -> bytes:
-        scheme = urlsplit(uri).scheme
-        if scheme in ("", "file"):
-            return self._read_local(uri)
-        return self._read_remote(uri)
+        try:
+            where = self.roots.resolve(uri)
+        except OutsideRoots as exc:
+            raise Rejected("uri_not_allowed", str(exc)) from exc
+        return self._read_local(uri, where) if isinstance(where, Path) else self._read_remote(uri)
 
-    def _read_local(self, uri: str) -> bytes:
-        path = Path(os.path.realpath(_local_path(uri)))
-        if not any(path.is_relative_to(root) for root in self.roots.local):
-            raise Rejected("uri_not_allowed", f"{uri} is outside the configured image roots")
+    def _read_local(self, uri: str, path: Path) -> bytes:
         try:
             with path.open("rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -156,10 +125,6 @@ class ImageSource:
             raise TransientError(f"{uri}: {exc}") from exc
 
     def _read_remote(self, uri: str) -> bytes:
-        if ".." in urlsplit(uri).path.split("/") or not any(
-            uri.startswith(prefix) for prefix in self.roots.urls
-        ):
-            raise Rejected("uri_not_allowed", f"{uri} is outside the configured image roots")
         try:
             fs, path = fsspec.core.url_to_fs(uri)
         except (ValueError, ImportError) as exc:  # unknown protocol, driver not installed

@@ -26,10 +26,10 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from model.blob_store import BlobStore
 from model.records import RecordStore, RecordStoreUnavailable
 from schemas import OperatorLabel
 from schemas.records import InspectionRecord
-from worker.blob_store import BlobStore
 from worker.endpoints import Health
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import ValidationError
 
+from model.blob_store import BlobStore, event_key, image_suffix
 from model.inference import Verdict
 from schemas import (
     EVENT_SCHEMA_VERSION,
@@ -27,7 +28,6 @@ from schemas import (
     OperatorLabel,
 )
 from schemas.events import StageTimings
-from worker.blob_store import BlobStore, event_key, image_suffix
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource, Rejected
 from worker.models import ModelRouter

@@ -1,9 +1,10 @@
-"""Write-once-per-key files in a directory or an object store: what heatmaps and archived
-inline images are kept in.
+"""Write-once-per-key files in a directory or an object store: what model checkpoints
+(`model.artifacts`), heatmaps and archived inline images are kept in.
 
 A local directory gets an atomic rename (a reader never sees half a file; a retry replaces the
-file whole); any other fsspec URL (s3://bucket/prefix) gets one put. Keys are derived from the
-event id by the caller, so a redelivered event overwrites instead of duplicating.
+file whole); any other fsspec URL (s3://bucket/prefix) gets one put. Keys are derived by the
+caller (from the event id for the worker's files, so a redelivered event overwrites instead of
+duplicating; from the version id for checkpoints).
 """
 
 from __future__ import annotations
@@ -26,16 +27,21 @@ def event_key(event_id: str, suffix: str) -> str:
     return f"{digest[:2]}/{readable}-{digest[:12]}{suffix}"
 
 
+def parse_base(base: str | Path) -> tuple[Path | None, str]:
+    """A store's base as (the resolved local directory, or None for an object store; the base
+    URI that keys are appended to: `file:///...` or the URL without a trailing `/`)."""
+    base = str(base)
+    parts = urlsplit(base)
+    if parts.scheme in ("", "file"):
+        local = Path(parts.path if parts.scheme else base).resolve()
+        return local, local.as_uri()
+    return None, base.rstrip("/")
+
+
 class BlobStore:
     def __init__(self, base: str | Path) -> None:
-        base = str(base)
-        parts = urlsplit(base)
-        self.local: Path | None = None
-        if parts.scheme in ("", "file"):
-            self.local = Path(parts.path if parts.scheme else base).resolve()
-            self.base_uri = self.local.as_uri()
-        else:
-            self.base_uri = base.rstrip("/")
+        self.local, self.base_uri = parse_base(base)
+        if self.local is None:
             self.fs, self.root = fsspec.core.url_to_fs(self.base_uri)
 
     def uri_for(self, key: str) -> str:
