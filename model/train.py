@@ -121,11 +121,14 @@ def train(
     threshold_rule: str = "energy",
     jitter: bool = True,
     snapshot_every: int = 0,
+    keep_last: bool = False,
 ) -> CheckpointMeta:
     """Train, select by held-out loss, calibrate, save to `out`; returns its metadata.
 
     With `snapshot_every=K`, the best-so-far model is also exported every K epochs as
     `<out stem>-e<epoch>.safetensors`: one run then measures several training lengths.
+    With `keep_last`, the final epoch's model is also exported as `<out stem>-last.safetensors`,
+    so the held-out selection can be checked against simply training longer, on the same run.
     """
     started = time.perf_counter()
     gen = seed_everything(cfg.seed)
@@ -156,6 +159,7 @@ def train(
         threshold_rule=threshold_rule,
         jitter=jitter,
         snapshot_every=snapshot_every,
+        keep_last=keep_last,
         feature_seconds=time.perf_counter() - started,
         gen=gen,
     )
@@ -174,6 +178,7 @@ def train_from_features(
     threshold_rule: str = "energy",
     jitter: bool = True,
     snapshot_every: int = 0,
+    keep_last: bool = False,
     init_from: tuple[dict[str, torch.Tensor], CheckpointMeta] | None = None,
     feature_seconds: float = 0.0,
     gen: torch.Generator | None = None,
@@ -231,8 +236,17 @@ def train_from_features(
         f"refinement threshold {threshold:.3f} ({threshold_rule}), {start}"
     )
 
-    def export(state: dict[str, torch.Tensor], path: Path, history: list[dict]) -> CheckpointMeta:
-        """Calibrate the head in `state` on the held-out images and write a checkpoint."""
+    def export(
+        state: dict[str, torch.Tensor],
+        path: Path,
+        history: list[dict],
+        epoch: int | None = None,
+    ) -> CheckpointMeta:
+        """Calibrate the head in `state` on the held-out images and write a checkpoint.
+
+        `state` is the model of the last selected epoch in `history`, or of `epoch` when given
+        (the final epoch's model, exported whether or not the held-out loss chose it).
+        """
         head.load_state_dict(state)
         head.eval()
         cfg_out = head_cfg
@@ -244,7 +258,9 @@ def train_from_features(
         head.cfg = cfg_out
         scores = {c: head_scores(head, held[c].to(device), size)[1].cpu().numpy() for c in names}
         head.cfg = head_cfg
-        selected = [r for r in history if r.get("selected")][-1]
+        selected = (
+            [r for r in history if r.get("selected")][-1] if epoch is None else history[epoch - 1]
+        )
         info = backbone_info
         draft = CheckpointMeta(
             version="",
@@ -276,6 +292,7 @@ def train_from_features(
                 "step_epochs": cfg.step_epochs,
                 "best_epoch": int(selected["epoch"]),
                 "best_heldout_loss": float(selected["heldout_loss"]),
+                "selection": "heldout" if epoch is None else "last",
                 "feature_seconds": round(feature_seconds, 1),
                 "train_seconds": round(sum(r["seconds"] for r in history), 1),
                 "device": str(device),
@@ -310,6 +327,9 @@ def train_from_features(
         ]
     else:
         best_state, history = fit_head(head, feats, held_all, cfg, device, gen, snapshot)
+        if keep_last:
+            last = copy.deepcopy(head.state_dict())
+            export(last, out.with_name(f"{out.stem}-last{out.suffix}"), history, len(history))
     return export(best_state, out, history)
 
 
@@ -339,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="also export the best-so-far model every N epochs",
+    )
+    p.add_argument(
+        "--keep-last",
+        action="store_true",
+        help="also export the final epoch's model (as <out>-last) beside the selected one",
     )
     p.add_argument("--backbone", help="timm architecture (default from GRAD_BACKBONE)")
     p.add_argument("--backbone-weights", type=Path, help="weights file for the backbone")
@@ -377,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         args.threshold_rule,
         jitter=not args.no_jitter,
         snapshot_every=args.snapshot_every,
+        keep_last=args.keep_last,
     )
     print(
         f"wrote {args.out} (version {meta.version}, best epoch {meta.training['best_epoch']}, "

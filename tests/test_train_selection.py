@@ -1,0 +1,67 @@
+"""Which model a training run exports: the held-out choice, and with `keep_last` the final one."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from model.backbone import BackboneInfo
+from model.checkpoint import load_checkpoint
+from model.config import TrainConfig
+from model.grad import GRADHead
+from model.inference import head_config_from
+from model.train import heldout_loss, train_from_features
+
+INFO = BackboneInfo(
+    name="synthetic",
+    weights_sha256="0" * 64,
+    taps=(2, 3),
+    tap_channels=(4, 4),
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+)
+
+
+def _features(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 8, 28, 28, generator=g) * 3.0
+
+
+def test_keep_last_exports_the_final_epoch_beside_the_selected_one(tmp_path: Path):
+    train = {"a": _features(12, 1), "b": _features(12, 2)}
+    held = {"a": _features(5, 3), "b": _features(5, 4)}
+    out = tmp_path / "m.safetensors"
+    # A learning rate far above the reference makes the held-out loss rise again at the end, so
+    # the held-out choice and the final epoch are different models.
+    cfg = TrainConfig(epochs=4, batch_size=6, seed=3, lr=0.1, clip_norm=100.0)
+    meta = train_from_features(
+        train, held, out, cfg, INFO, 224, torch.device("cpu"), keep_last=True
+    )
+    last_tensors, last = load_checkpoint(tmp_path / "m-last.safetensors")
+    history = json.loads(Path(f"{out}.history.json").read_text())
+
+    assert meta.training["selection"] == "heldout"
+    assert last.training["selection"] == "last"
+    assert last.training["best_epoch"] == 4 == len(history)
+    chosen = [r for r in history if r.get("selected")][-1]
+    assert meta.training["best_epoch"] == chosen["epoch"] < 4
+    chosen_tensors = load_checkpoint(out)[0]
+    assert any(not torch.equal(chosen_tensors[k], last_tensors[k]) for k in last_tensors)
+
+    # The weights written are the final epoch's: their held-out loss is the one logged for it.
+    head = GRADHead(head_config_from(last))
+    head.load_state_dict(last_tensors)
+    held_all = torch.cat([held["a"], held["b"]])
+    loss = heldout_loss(head, held_all, torch.device("cpu"))
+    assert abs(loss - history[-1]["heldout_loss"]) < 1e-4 * max(1.0, loss)
+    assert last.calibration.keys() == meta.calibration.keys()
+
+
+def test_without_keep_last_only_the_selected_model_is_written(tmp_path: Path):
+    train = {"a": _features(8, 1)}
+    held = {"a": _features(5, 3)}
+    out = tmp_path / "m.safetensors"
+    train_from_features(
+        train, held, out, TrainConfig(epochs=1, batch_size=4), INFO, 224, torch.device("cpu")
+    )
+    assert out.exists() and not (tmp_path / "m-last.safetensors").exists()
