@@ -240,12 +240,12 @@ def train_from_features(
         state: dict[str, torch.Tensor],
         path: Path,
         history: list[dict],
-        epoch: int | None = None,
+        last: bool = False,
     ) -> CheckpointMeta:
         """Calibrate the head in `state` on the held-out images and write a checkpoint.
 
-        `state` is the model of the last selected epoch in `history`, or of `epoch` when given
-        (the final epoch's model, exported whether or not the held-out loss chose it).
+        `state` is the model of the last selected epoch in `history`, or with `last` the final
+        epoch's model, exported whether or not the held-out loss chose it.
         """
         head.load_state_dict(state)
         head.eval()
@@ -258,9 +258,7 @@ def train_from_features(
         head.cfg = cfg_out
         scores = {c: head_scores(head, held[c].to(device), size)[1].cpu().numpy() for c in names}
         head.cfg = head_cfg
-        selected = (
-            [r for r in history if r.get("selected")][-1] if epoch is None else history[epoch - 1]
-        )
+        selected = history[-1] if last else [r for r in history if r.get("selected")][-1]
         info = backbone_info
         draft = CheckpointMeta(
             version="",
@@ -292,7 +290,7 @@ def train_from_features(
                 "step_epochs": cfg.step_epochs,
                 "best_epoch": int(selected["epoch"]),
                 "best_heldout_loss": float(selected["heldout_loss"]),
-                "selection": "heldout" if epoch is None else "last",
+                "selection": "last" if last else "heldout",
                 "feature_seconds": round(feature_seconds, 1),
                 "train_seconds": round(sum(r["seconds"] for r in history), 1),
                 "device": str(device),
@@ -328,8 +326,8 @@ def train_from_features(
     else:
         best_state, history = fit_head(head, feats, held_all, cfg, device, gen, snapshot)
         if keep_last:
-            last = copy.deepcopy(head.state_dict())
-            export(last, out.with_name(f"{out.stem}-last{out.suffix}"), history, len(history))
+            final = copy.deepcopy(head.state_dict())
+            export(final, out.with_name(f"{out.stem}-last{out.suffix}"), history, last=True)
     return export(best_state, out, history)
 
 
