@@ -34,21 +34,17 @@ from model.data import TestItem, test_items
 from model.images import read_image, read_mask, to_batch
 from model.inference import Inspector, autocast_for
 from model.metrics import auroc
-from model.scoring import anomaly_maps, image_scores
+from model.scoring import distance_map, image_scores, smooth_map
 
-Distances = dict[str, torch.Tensor]
+# Distances (B x 1 x 28 x 28) and smoothed maps (B x S x S), keyed "refined" / "unrefined".
+Views = dict[str, torch.Tensor]
 
-
-def _distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a.float() - b.float()).pow(2).sum(dim=1, keepdim=True).sqrt()
-
-
-SCORES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
-    "spec": lambda x, x_hat, f_n, s: image_scores(anomaly_maps(x, x_hat, s)),
-    "no-pool": lambda x, x_hat, f_n, s: anomaly_maps(x, x_hat, s).flatten(1).amax(dim=1),
-    "raw-max": lambda x, x_hat, f_n, s: _distance(x, x_hat).flatten(1).amax(dim=1),
-    "unrefined": lambda x, x_hat, f_n, s: image_scores(anomaly_maps(x, f_n, s)),
-    "unrefined-raw-max": lambda x, x_hat, f_n, s: _distance(x, f_n).flatten(1).amax(dim=1),
+SCORES: dict[str, Callable[[Views, Views], torch.Tensor]] = {
+    "spec": lambda dist, maps: image_scores(maps["refined"]),
+    "no-pool": lambda dist, maps: maps["refined"].flatten(1).amax(dim=1),
+    "raw-max": lambda dist, maps: dist["refined"].flatten(1).amax(dim=1),
+    "unrefined": lambda dist, maps: image_scores(maps["unrefined"]),
+    "unrefined-raw-max": lambda dist, maps: dist["unrefined"].flatten(1).amax(dim=1),
 }
 
 
@@ -67,12 +63,14 @@ def score_variants(
         batch = to_batch([read_image(t.path) for t in chunk], size).to(device)
         with autocast_for(device):
             x = inspector.backbone(batch).float()
-            f_n = head.reconstruct(x).float()
-            x_hat = head(x).float()
+            f_n = head.reconstruct(x)
+            x_hat = head.refine(f_n, x)
+        dist = {"refined": distance_map(x, x_hat), "unrefined": distance_map(x, f_n)}
+        smoothed = {k: smooth_map(d, size) for k, d in dist.items()}
         for name, fn in SCORES.items():
-            scores[name].append(fn(x, x_hat, f_n, size).cpu().numpy())
-        maps["refined"].append(anomaly_maps(x, x_hat, size).cpu().numpy().astype(np.float16))
-        maps["unrefined"].append(anomaly_maps(x, f_n, size).cpu().numpy().astype(np.float16))
+            scores[name].append(fn(dist, smoothed).cpu().numpy())
+        for k, m in smoothed.items():
+            maps[k].append(m.cpu().numpy().astype(np.float16))
         masks.extend(read_mask(t.mask_path, size) for t in chunk)
     return (
         {k: np.concatenate(v) for k, v in scores.items()},

@@ -72,8 +72,8 @@ class GRADHead(nn.Module):
         )
         return self.decoder(torch.cat([f_global, f_local], dim=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f_n = self.reconstruct(x)
+    def refine(self, f_n: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x_hat from a reconstruction f_n, with this head's refinement settings."""
         return refine(
             f_n,
             x,
@@ -81,6 +81,9 @@ class GRADHead(nn.Module):
             self.cfg.refine_weight_mask,
             self.cfg.refine_weight_cos,
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.refine(self.reconstruct(x), x)
 
 
 def count_trainable(module: nn.Module) -> int:

@@ -19,11 +19,20 @@ def box_filter(maps: torch.Tensor, k: int, pad: int) -> torch.Tensor:
     return F.avg_pool2d(y, (1, k), stride=1, padding=(0, pad), count_include_pad=True)
 
 
-def anomaly_maps(x: torch.Tensor, x_hat: torch.Tensor, image_size: int) -> torch.Tensor:
-    """Per-position L2 distance, upsampled bilinearly (align_corners=True), smoothed: B x S x S."""
-    d = (x_hat.float() - x.float()).pow(2).sum(dim=1, keepdim=True).sqrt()
+def distance_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Per-position L2 distance over channels at feature resolution: B x 1 x h x w."""
+    return (x_hat.float() - x.float()).pow(2).sum(dim=1, keepdim=True).sqrt()
+
+
+def smooth_map(d: torch.Tensor, image_size: int) -> torch.Tensor:
+    """A distance map upsampled bilinearly (align_corners=True) and smoothed: B x S x S."""
     d = F.interpolate(d, size=(image_size, image_size), mode="bilinear", align_corners=True)
     return box_filter(d, MAP_SMOOTH, MAP_SMOOTH // 2)[:, 0]
+
+
+def anomaly_maps(x: torch.Tensor, x_hat: torch.Tensor, image_size: int) -> torch.Tensor:
+    """The spec's anomaly map: B x S x S."""
+    return smooth_map(distance_map(x, x_hat), image_size)
 
 
 def image_scores(maps: torch.Tensor) -> torch.Tensor:
