@@ -23,7 +23,7 @@ from model.config import DECODERS, TrainConfig
 from model.evaluate import evaluate, format_table
 from model.inference import Inspector
 from model.settings import ModelSettings
-from model.train import THRESHOLD_RULES, train
+from model.train import SCHEDULES, THRESHOLD_RULES, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--step-epochs", type=int, default=40)
+    p.add_argument("--schedule", choices=SCHEDULES, default="step")
     p.add_argument("--variant", choices=sorted(DECODERS), default="crad-s")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--threshold-ratio", type=float, default=0.5)
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             batch_size=args.batch_size,
             seed=args.seed,
             step_epochs=args.step_epochs,
+            schedule=args.schedule,
             threshold_ratio=args.threshold_ratio,
         )
         train(

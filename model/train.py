@@ -50,6 +50,20 @@ def heldout_loss(head: GRADHead, feats: torch.Tensor, device: torch.device, bs: 
     return total / len(feats)
 
 
+SCHEDULES = ("step", "cosine")
+
+
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate schedule for both parameter groups (they keep their ratio)."""
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs, gamma=cfg.step_gamma)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; choose one of {SCHEDULES}")
+
+
 def fit_head(
     head: GRADHead,
     feats: torch.Tensor,
@@ -70,7 +84,7 @@ def fit_head(
         ],
         weight_decay=cfg.weight_decay,
     )
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs, gamma=cfg.step_gamma)
+    sched = build_scheduler(opt, cfg)
     n = len(feats)
     best, best_state, history = float("inf"), None, []
     bar = tqdm(range(cfg.epochs), desc="train", unit="epoch")
@@ -287,6 +301,7 @@ def train_from_features(
                 "batch_size": cfg.batch_size,
                 "seed": cfg.seed,
                 "jitter": jitter,
+                "schedule": cfg.schedule,
                 "step_epochs": cfg.step_epochs,
                 "best_epoch": int(selected["epoch"]),
                 "best_heldout_loss": float(selected["heldout_loss"]),
@@ -341,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=sorted(DECODERS), default="crad-s")
     p.add_argument("--classes", nargs="*", help="train on these classes only")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=d.schedule,
+        help="learning-rate schedule: the spec's StepLR, or cosine annealing over --epochs",
+    )
     p.add_argument("--step-epochs", type=int, default=d.step_epochs, help="StepLR period")
     p.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction)
     p.add_argument("--target-fpr", type=float, default=d.target_fpr)
@@ -386,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         seed=args.seed,
         step_epochs=args.step_epochs,
+        schedule=args.schedule,
         heldout_fraction=args.heldout_fraction,
         target_fpr=args.target_fpr,
         threshold_ratio=args.threshold_ratio,

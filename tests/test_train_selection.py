@@ -1,8 +1,10 @@
 """Which model a training run exports: the held-out choice, and with `keep_last` the final one."""
 
+import itertools
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from model.backbone import BackboneInfo
@@ -10,7 +12,7 @@ from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
 from model.grad import GRADHead
 from model.inference import head_config_from
-from model.train import heldout_loss, train_from_features
+from model.train import build_scheduler, heldout_loss, train_from_features
 
 INFO = BackboneInfo(
     name="synthetic",
@@ -65,3 +67,40 @@ def test_without_keep_last_only_the_selected_model_is_written(tmp_path: Path):
         train, held, out, TrainConfig(epochs=1, batch_size=4), INFO, 224, torch.device("cpu")
     )
     assert out.exists() and not (tmp_path / "m-last.safetensors").exists()
+
+
+def _lrs(cfg: TrainConfig) -> list[list[float]]:
+    """Learning rates of both parameter groups at the start of each epoch."""
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.AdamW(
+        [{"params": [params[0]], "lr": cfg.lr_grid}, {"params": [params[1]], "lr": cfg.lr}]
+    )
+    sched = build_scheduler(opt, cfg)
+    rates = []
+    for _ in range(cfg.epochs):
+        rates.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    return rates
+
+
+def test_step_schedule_divides_both_groups_by_ten_at_each_step():
+    rates = _lrs(TrainConfig(epochs=9, step_epochs=4))
+    assert [r[0] for r in rates] == pytest.approx([0.1] * 4 + [0.01] * 4 + [0.001])
+    assert [r[1] for r in rates] == pytest.approx([1e-3] * 4 + [1e-4] * 4 + [1e-5])
+
+
+def test_cosine_schedule_anneals_smoothly_to_zero_keeping_the_groups_ratio():
+    cfg = TrainConfig(epochs=10, step_epochs=4, schedule="cosine")
+    rates = _lrs(cfg)
+    grid = [r[0] for r in rates]
+    assert grid[0] == pytest.approx(0.1)
+    assert all(a > b for a, b in itertools.pairwise(grid))  # no plateau at step_epochs
+    assert grid[5] == pytest.approx(0.05)  # half-way down at half the run
+    assert grid[-1] < 0.003
+    assert all(r[0] / r[1] == pytest.approx(100.0) for r in rates)
+
+
+def test_unknown_schedule_is_refused_by_name():
+    with pytest.raises(ValueError, match="'linear'"):
+        _lrs(TrainConfig(epochs=2, schedule="linear"))
