@@ -9,8 +9,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+REFERENCE_SIZE = 224  # the input size the spec's two windows are given for
 MAP_SMOOTH = 21  # mean filter on the 224 x 224 map, zero padding counted in the mean
 SCORE_POOL = 32  # image score: max of this average pool, no padding
+
+
+def smooth_window(image_size: int) -> int:
+    """The mean filter's width at this input size: 21 at 224, odd, scaled with the image.
+
+    The windows are there to average over a fixed share of the product (about a tenth of its
+    width), not over a fixed number of pixels; at another input size a 21-pixel filter would
+    smooth less of the part and a 32-pixel pool would score smaller regions, changing what the
+    score means along with the resolution.
+    """
+    return 2 * round((MAP_SMOOTH // 2) * image_size / REFERENCE_SIZE) + 1
+
+
+def score_pool(image_size: int) -> int:
+    """The score pool's width at this input size: 32 at 224, scaled with the image."""
+    return max(1, round(SCORE_POOL * image_size / REFERENCE_SIZE))
 
 
 def box_filter(maps: torch.Tensor, k: int, pad: int) -> torch.Tensor:
@@ -27,7 +44,8 @@ def distance_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 def smooth_map(d: torch.Tensor, image_size: int) -> torch.Tensor:
     """A distance map upsampled bilinearly (align_corners=True) and smoothed: B x S x S."""
     d = F.interpolate(d, size=(image_size, image_size), mode="bilinear", align_corners=True)
-    return box_filter(d, MAP_SMOOTH, MAP_SMOOTH // 2)[:, 0]
+    k = smooth_window(image_size)
+    return box_filter(d, k, k // 2)[:, 0]
 
 
 def anomaly_maps(x: torch.Tensor, x_hat: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -36,8 +54,8 @@ def anomaly_maps(x: torch.Tensor, x_hat: torch.Tensor, image_size: int) -> torch
 
 
 def image_scores(maps: torch.Tensor) -> torch.Tensor:
-    """Maximum of a 32 x 32 average pool (stride 1, no padding) of each map: B."""
-    pooled = box_filter(maps.unsqueeze(1), SCORE_POOL, 0)
+    """Maximum of a 32 x 32 average pool (stride 1, no padding; scaled off 224) of each map: B."""
+    pooled = box_filter(maps.unsqueeze(1), score_pool(maps.shape[-1]), 0)
     return pooled.flatten(1).amax(dim=1)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.backbone import DEFAULT_BACKBONE
@@ -23,4 +24,15 @@ class ModelSettings(BaseSettings):
     device: str = "auto"
     # Frozen-backbone feature cache; delete it freely, it is rebuilt on demand.
     cache_dir: Path = Path(".cache/grad-features")
+    # Input side in pixels. The spec's reference is 224 (28 x 28 features); a larger input gives
+    # finer features for thin defects at a cost that grows with its square. Scoring windows
+    # scale with it and evaluation measures pixels at 224 whatever it is.
     image_size: int = 224
+
+    @field_validator("image_size")
+    @classmethod
+    def _whole_feature_grid(cls, v: int) -> int:
+        # The stride-16 tap, upsampled x2, must land exactly on the stride-8 grid.
+        if v < 64 or v % 16:
+            raise ValueError(f"image_size must be a multiple of 16 and at least 64, got {v}")
+        return v

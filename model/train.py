@@ -386,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backbone", help="timm architecture (default from GRAD_BACKBONE)")
     p.add_argument("--backbone-weights", type=Path, help="weights file for the backbone")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="input side in pixels, a multiple of 16 (default from GRAD_IMAGE_SIZE: 224)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 or auto")
     return p
 
@@ -397,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in {
             "backbone": args.backbone,
             "backbone_weights": args.backbone_weights,
+            "image_size": args.image_size,
             "device": args.device,
         }.items()
         if v is not None

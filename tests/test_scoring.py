@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from model.scoring import anomaly_maps, image_scores
+from model.scoring import anomaly_maps, image_scores, score_pool, smooth_window
 
 
 def reference_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -31,3 +31,27 @@ def test_a_local_defect_raises_the_score_where_it_is():
     assert scores[0] == 0 and scores[1] > 0
     peak = divmod(int(maps[1].argmax()), 224)
     assert 5 * 8 - 8 <= peak[0] <= 7 * 8 + 8 and 20 * 8 - 8 <= peak[1] <= 22 * 8 + 8
+
+
+def test_windows_are_the_specs_at_224_and_scale_with_the_input():
+    assert (smooth_window(224), score_pool(224)) == (21, 32)
+    assert (smooth_window(448), score_pool(448)) == (41, 64)
+    for size in (160, 256, 320, 512):
+        k = smooth_window(size)
+        assert k % 2 == 1  # centred, so the map keeps its size
+        assert abs(k / size - 21 / 224) < 2 / size
+        assert abs(score_pool(size) / size - 32 / 224) < 1 / size
+
+
+def test_a_larger_input_averages_the_same_share_of_the_part():
+    """A defect covering the same share of the image scores alike at 224 and at 448."""
+    scores = []
+    for size in (224, 448):
+        f = size // 8
+        x = torch.zeros(1, 4, f, f)
+        x_hat = x.clone()
+        x_hat[0, :, f // 4 : f // 4 + f // 14, f // 2 : f // 2 + f // 14] = 3.0
+        maps = anomaly_maps(x, x_hat, size)
+        assert maps.shape == (1, size, size)
+        scores.append(float(image_scores(maps)[0]))
+    assert abs(scores[0] - scores[1]) < 0.05 * scores[0]
