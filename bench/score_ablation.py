@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from model.data import TestItem, test_items
+from model.evaluate import METRIC_SIZE, at_metric_size
 from model.images import read_image, read_mask, to_batch
 from model.inference import Inspector, autocast_for
 from model.metrics import auroc
@@ -52,7 +53,8 @@ SCORES: dict[str, Callable[[Views, Views], torch.Tensor]] = {
 def score_variants(
     inspector: Inspector, items: list[TestItem], batch_size: int
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-    """Image scores per variant, refined/unrefined maps (float16) and masks, in item order."""
+    """Image scores per variant, refined/unrefined maps (float16) and masks, in item order;
+    maps and masks at evaluation's METRIC_SIZE, as `model.evaluate` measures them."""
     size = inspector.meta.image_size
     head, device = inspector.head, inspector.device
     scores: dict[str, list[np.ndarray]] = {k: [] for k in SCORES}
@@ -70,8 +72,10 @@ def score_variants(
         for name, fn in SCORES.items():
             scores[name].append(fn(dist, smoothed).cpu().numpy())
         for k, m in smoothed.items():
-            maps[k].append(m.cpu().numpy().astype(np.float16))
-        masks.extend(read_mask(t.mask_path, size) for t in chunk)
+            maps[k].append(
+                np.stack([at_metric_size(x) for x in m.cpu().numpy()]).astype(np.float16)
+            )
+        masks.extend(read_mask(t.mask_path, METRIC_SIZE) for t in chunk)
     return (
         {k: np.concatenate(v) for k, v in scores.items()},
         {k: np.concatenate(v) for k, v in maps.items()},

@@ -57,12 +57,12 @@ def score_items(
         )
         scores.append(res.scores)
         # float16 halves memory; the metrics cast back.
-        maps.append(np.stack([_at_metric_size(m) for m in res.maps]).astype(np.float16))
+        maps.append(np.stack([at_metric_size(m) for m in res.maps]).astype(np.float16))
         masks.extend(read_mask(t.mask_path, size) for t in chunk)
     return np.concatenate(scores), np.concatenate(maps), np.stack(masks)
 
 
-def _at_metric_size(m: np.ndarray) -> np.ndarray:
+def at_metric_size(m: np.ndarray) -> np.ndarray:
     """A map at METRIC_SIZE; area resampling when it comes from a larger input."""
     if m.shape[-1] == METRIC_SIZE:
         return m

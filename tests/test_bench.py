@@ -37,3 +37,41 @@ def test_score_ablation_spec_variant_is_the_production_score(tiny_ckpt, sample_d
     defect_types = {t.defect_type for t in items} - {"good"}
     assert set(table["image_auroc"]["spec"]) == {"all", "folder"} | defect_types
     assert 0.0 <= table["pixel_auroc"]["unrefined"] <= 1.0
+
+
+def test_seed_comparison_averages_each_configuration_over_its_own_runs(tmp_path):
+    """Two configurations, two and one runs: each row must be the mean and sample sd of its
+    own reports only, and a run lacking a class must not drag the mean to NaN."""
+    import argparse
+    import json
+
+    import pytest
+
+    from bench.seeds import parse_group, table
+
+    def report(name: str, mean_img: float, mt: float | None) -> None:
+        classes = {"cookie": {"image_auroc": 1.0}}
+        if mt is not None:
+            classes["magnetic_tile"] = {"image_auroc": mt, "image_auroc_by_defect": {"crack": mt}}
+        body = {"mean": {"image_auroc": mean_img, "pixel_auroc": 0.9, "aupro": 0.8}}
+        d = tmp_path / name / "eval"
+        d.mkdir(parents=True)
+        (d / "report.json").write_text(json.dumps({**body, "classes": classes}))
+
+    report("a-seed0", 0.98, 0.94)
+    report("a-seed1", 0.96, 0.96)
+    report("b-seed0", 0.99, None)
+    a = parse_group(f"a={tmp_path}/a-seed*/eval/report.json")
+    b = parse_group(f"b={tmp_path}/b-seed*/eval/report.json")
+    assert len(a.reports) == 2 and len(b.reports) == 1
+    rows = table([a, b]).splitlines()
+    cells_a = [c.strip() for c in rows[2].split("|")[1:-1]]
+    cells_b = [c.strip() for c in rows[3].split("|")[1:-1]]
+    assert cells_a[:3] == ["a", "2", "0.970 ± 0.014 (0.960–0.980)"]
+    assert cells_a[5] == "0.950 ± 0.014 (0.940–0.960)"  # magnetic_tile, from a's runs only
+    assert cells_b[:3] == ["b", "1", "0.990"]
+    assert cells_b[5] == "–"  # no magnetic_tile in b: shown as absent, not NaN
+    with pytest.raises(argparse.ArgumentTypeError, match="no report matches"):
+        parse_group(f"c={tmp_path}/nothing*/report.json")
+    with pytest.raises(argparse.ArgumentTypeError, match="LABEL=GLOB"):
+        parse_group("just-a-glob")
