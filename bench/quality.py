@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     report = evaluate(insp, args.data, args.out / "eval")
     print(format_table(report))
     speed = {
-        f"batch_{b}": measure(insp.backbone, insp.head, b, insp.device, args.throughput_seconds)
+        f"batch_{b}": measure(
+            insp.backbone, insp.head, b, insp.device, args.throughput_seconds, insp.meta.image_size
+        )
         for b in (1, 32)
     }
     result = {

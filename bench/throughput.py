@@ -4,7 +4,8 @@
     python -m bench.throughput --backbone tf_efficientnet_b4 --variant crad --untrained \
         --batches 1 32 128 --device cuda      # the paper's configuration, for speed only
 
-Inputs are uint8 tensors already at the model's size, so decoding is not timed. On CUDA the
+Inputs are uint8 tensors already at the model's size (a checkpoint's, or --image-size), so
+decoding is not timed. On CUDA the
 timing synchronises the device and uses the same mixed precision as the worker.
 """
 
@@ -25,20 +26,29 @@ from model.grad import GRADHead, count_trainable
 from model.inference import Inspector, autocast_for, head_scores, resolve_device
 
 
-def untrained_inspector_parts(name: str, variant: str, device: torch.device):
+def untrained_inspector_parts(name: str, variant: str, device: torch.device, image_size: int = 224):
     """Backbone with random weights (no file needed) and an untrained head: speed only."""
     backbone = wrap_network(timm.create_model(name, pretrained=False), name, "untrained")
-    head = GRADHead(HeadConfig(channels=backbone.info.channels, variant=variant))
+    head = GRADHead(
+        HeadConfig(channels=backbone.info.channels, variant=variant, feature_size=image_size // 8)
+    )
     return backbone.to(device), head.to(device).eval()
 
 
-def measure(backbone, head, batch: int, device: torch.device, seconds: float = 5.0) -> float:
-    x = torch.randint(0, 255, (batch, 3, 224, 224), dtype=torch.uint8, device=device)
+def measure(
+    backbone,
+    head,
+    batch: int,
+    device: torch.device,
+    seconds: float = 5.0,
+    image_size: int = 224,
+) -> float:
+    x = torch.randint(0, 255, (batch, 3, image_size, image_size), dtype=torch.uint8, device=device)
 
     def step() -> None:
         with torch.no_grad(), autocast_for(device):
             feats = backbone(x)
-        head_scores(head, feats.float(), 224, device)
+        head_scores(head, feats.float(), image_size, device)
 
     for _ in range(3):  # warm-up (cuDNN autotune, allocator)
         step()
@@ -61,30 +71,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant", choices=sorted(DECODERS), default="crad-s")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--image-size", type=int, default=224, help="ignored with --ckpt")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, help="append results here")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
+    size = args.image_size
     if args.ckpt:
         insp = Inspector.from_checkpoint(args.ckpt, device)
-        backbone, head = insp.backbone, insp.head
+        backbone, head, size = insp.backbone, insp.head, insp.meta.image_size
         label = f"{insp.meta.backbone}/{insp.meta.variant}"
     elif args.untrained:
-        backbone, head = untrained_inspector_parts(args.backbone, args.variant, device)
+        backbone, head = untrained_inspector_parts(args.backbone, args.variant, device, size)
         label = f"{args.backbone}/{args.variant} (untrained)"
     else:
         backbone = build_backbone(args.backbone).to(device)
-        head = GRADHead(HeadConfig(channels=backbone.info.channels, variant=args.variant))
-        head = head.to(device).eval()
+        cfg = HeadConfig(
+            channels=backbone.info.channels, variant=args.variant, feature_size=size // 8
+        )
+        head = GRADHead(cfg).to(device).eval()
         label = f"{args.backbone}/{args.variant} (untrained head)"
+    label += f" at {size} px"
     rows = []
     for b in tqdm(args.batches, desc="throughput", unit="batch size"):
-        ips = measure(backbone, head, b, device, args.seconds)
+        ips = measure(backbone, head, b, device, args.seconds, size)
         rows.append(
             {
                 "model": label,
                 "device": str(device),
                 "batch": b,
+                "image_size": size,
                 "images_per_s": ips,
                 "head_params_m": count_trainable(head) / 1e6,
             }

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from bench.throughput import measure, untrained_inspector_parts
@@ -10,6 +11,16 @@ def test_throughput_bench_builds_the_paper_configuration_and_measures():
     assert backbone.info.channels == 216
     assert sum(p.numel() for p in head.parameters()) / 1e6 > 15
     assert measure(backbone, head, batch=1, device=device, seconds=0.0) > 0
+
+
+def test_throughput_bench_times_the_input_size_it_is_given():
+    """A 256-pixel model needs 32 x 32 features: timing it at 224 would fail, not mislead."""
+    device = torch.device("cpu")
+    backbone, head = untrained_inspector_parts("tf_efficientnet_lite0", "crad-s", device, 256)
+    assert head.cfg.feature_size == 32
+    assert measure(backbone, head, batch=2, device=device, seconds=0.0, image_size=256) > 0
+    with pytest.raises(RuntimeError):
+        measure(backbone, head, batch=2, device=device, seconds=0.0, image_size=224)
 
 
 def test_score_ablation_spec_variant_is_the_production_score(tiny_ckpt, sample_data):
@@ -44,8 +55,6 @@ def test_seed_comparison_averages_each_configuration_over_its_own_runs(tmp_path)
     own reports only, and a run lacking a class must not drag the mean to NaN."""
     import argparse
     import json
-
-    import pytest
 
     from bench.seeds import parse_group, table
 
