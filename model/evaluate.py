@@ -63,11 +63,14 @@ def score_items(
 
 
 def at_metric_size(m: np.ndarray) -> np.ndarray:
-    """A map at METRIC_SIZE; area resampling when it comes from a larger input."""
+    """A map at METRIC_SIZE: area-averaged from a larger input, bilinear from a smaller one."""
     if m.shape[-1] == METRIC_SIZE:
         return m
+    shrink = m.shape[-1] > METRIC_SIZE
     return cv2.resize(
-        m.astype(np.float32), (METRIC_SIZE, METRIC_SIZE), interpolation=cv2.INTER_AREA
+        m.astype(np.float32),
+        (METRIC_SIZE, METRIC_SIZE),
+        interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
     )
 
 

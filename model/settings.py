@@ -24,9 +24,10 @@ class ModelSettings(BaseSettings):
     device: str = "auto"
     # Frozen-backbone feature cache; delete it freely, it is rebuilt on demand.
     cache_dir: Path = Path(".cache/grad-features")
-    # Input side in pixels. The spec's reference is 224 (28 x 28 features); a larger input gives
-    # finer features for thin defects at a cost that grows with its square. Scoring windows
-    # scale with it and evaluation measures pixels at 224 whatever it is.
+    # Input side in pixels. The spec's reference is 224 (28 x 28 features). A larger input gives
+    # finer features at a cost that grows with its square, but scored worse on the industrial
+    # images (320: bench/RESULTS.md, "Input size"). Scoring windows scale with it; evaluation
+    # measures pixels at 224 whatever it is.
     image_size: int = 224
 
     @field_validator("image_size")

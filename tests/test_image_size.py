@@ -51,3 +51,17 @@ def test_an_input_size_off_the_feature_grid_is_refused_by_name():
     for bad in (200, 0, 48):
         with pytest.raises(ValidationError, match="image_size must be a multiple of 16"):
             ModelSettings(image_size=bad)
+
+
+def test_maps_of_any_size_come_to_224_without_moving_a_defect():
+    from model.evaluate import at_metric_size
+
+    for size in (160, 448):
+        m = np.zeros((size, size), np.float32)
+        q = size // 4
+        m[q : 2 * q, 2 * q : 3 * q] = 1.0  # a defect in the second row, third column of quarters
+        out = at_metric_size(m)
+        assert out.shape == (METRIC_SIZE, METRIC_SIZE)
+        peak = np.unravel_index(int(out.argmax()), out.shape)
+        assert 56 <= peak[0] < 112 and 112 <= peak[1] < 168
+        assert abs(float(out.mean()) - float(m.mean())) < 0.01
