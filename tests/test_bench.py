@@ -84,3 +84,29 @@ def test_seed_comparison_averages_each_configuration_over_its_own_runs(tmp_path)
         parse_group(f"c={tmp_path}/nothing*/report.json")
     with pytest.raises(argparse.ArgumentTypeError, match="LABEL=GLOB"):
         parse_group("just-a-glob")
+
+
+def test_calibration_bench_rebuilds_the_training_split_and_compares_rules(tiny_ckpt, sample_data):
+    """The comparison is only worth reading if its held-out scores are the ones training
+    calibrated on: compare() refuses otherwise, so reaching the rows proves the rebuild."""
+    import numpy as np
+
+    from bench.calibration import RULES, compare, rule_production, rule_robust
+    from model.inference import Inspector
+
+    inspector = Inspector.from_checkpoint(tiny_ckpt, device="cpu")
+    rows = compare(inspector, sample_data)
+    assert set(rows) == set(inspector.meta.classes)
+    for c, r in rows.items():
+        assert r["heldout"] == inspector.meta.heldout_images[c]
+        prod = r[next(iter(RULES))]
+        assert (
+            abs(prod["threshold"] - inspector.meta.calibration[c].threshold)
+            < 1e-2 * prod["threshold"]
+        )
+        assert 0.0 <= prod["fpr"] <= 1.0 and 0.0 <= prod["recall"] <= 1.0
+    # One outlying normal among five moves the production fit far and the robust one little.
+    clean = np.array([10.0, 10.5, 11.0, 9.5, 10.2])
+    spoilt = np.r_[clean[:4], 50.0]
+    assert rule_production(spoilt, 0.01) > 2 * rule_production(clean, 0.01)
+    assert rule_robust(spoilt, 0.01) < 1.3 * rule_robust(clean, 0.01)
