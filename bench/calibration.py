@@ -18,23 +18,18 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 
-from model.calibration import calibrate
+from model.calibration import calibrate, lognormal_quantile
 from model.config import TrainConfig
 from model.data import split_heldout, test_items, train_images
-from model.evaluate import score_items
+from model.evaluate import image_labels, score_items
 from model.images import read_image
 from model.inference import Inspector
 
 # MAD of a normal sample times this estimates its standard deviation.
 MAD_TO_SD = 1.4826
-
-
-def lognormal_tail(centre: float, spread: float, fpr: float) -> float:
-    return math.exp(centre + NormalDist().inv_cdf(1.0 - fpr) * spread)
 
 
 def rule_production(s: np.ndarray, fpr: float) -> float:
@@ -46,7 +41,7 @@ def rule_robust(s: np.ndarray, fpr: float) -> float:
     logs = np.log(np.clip(s, 1e-12, None))
     centre = float(np.median(logs))
     spread = max(MAD_TO_SD * float(np.median(np.abs(logs - centre))), 1e-6)
-    return lognormal_tail(centre, spread, fpr)
+    return lognormal_quantile(centre, spread, fpr)
 
 
 RULES: dict[str, Callable[[np.ndarray, float], float]] = {
@@ -93,7 +88,7 @@ def compare(inspector: Inspector, data: Path) -> dict:
             )
         items = test_items(data, [c])
         scores, _, masks = score_items(inspector, items)
-        defect = masks.reshape(len(masks), -1).any(axis=1)
+        defect = image_labels(masks)
         rows[c] = {"heldout": len(held[c]), "heldout_max": float(held[c].max())}
         for name, rule in RULES.items():
             t = rule(held[c], fpr)

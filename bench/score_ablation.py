@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from model.data import TestItem, test_items
-from model.evaluate import METRIC_SIZE, at_metric_size
+from model.evaluate import METRIC_SIZE, at_metric_size, image_labels
 from model.images import read_image, read_mask, to_batch
 from model.inference import Inspector, autocast_for
 from model.metrics import auroc
@@ -86,7 +86,7 @@ def score_variants(
 def class_table(items: list[TestItem], scores, maps, masks) -> dict:
     """Image AUROC per score as model.evaluate reports it: `all` labels by mask (the spec),
     `folder` by folder (anomalib), each defect type against the `good` folder."""
-    labels = masks.reshape(len(masks), -1).any(axis=1)
+    labels = image_labels(masks)
     types = np.array([t.defect_type for t in items])
     good = types == "good"
     table: dict = {"image_auroc": {}, "pixel_auroc": {}, "n_good": int(good.sum())}

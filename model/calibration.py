@@ -19,6 +19,11 @@ from schemas import ClassCalibration
 MIN_TAIL_COUNT = 10
 
 
+def lognormal_quantile(mu: float, sigma: float, tail: float) -> float:
+    """The score a log-normal(mu, sigma) exceeds with probability `tail`."""
+    return math.exp(mu + NormalDist().inv_cdf(1.0 - tail) * sigma)
+
+
 def calibrate(scores: np.ndarray, target_fpr: float = 0.01) -> ClassCalibration:
     """Threshold, score statistics and confidence scale from normal scores."""
     s = np.asarray(scores, dtype=np.float64)
@@ -33,8 +38,7 @@ def calibrate(scores: np.ndarray, target_fpr: float = 0.01) -> ClassCalibration:
         threshold = float(np.quantile(s, 1.0 - target_fpr, method="higher"))
         method = "empirical"
     else:
-        z = NormalDist().inv_cdf(1.0 - target_fpr)
-        threshold = math.exp(mu + z * sigma)
+        threshold = lognormal_quantile(mu, sigma, target_fpr)
         method = "lognormal"
     return ClassCalibration(
         threshold=threshold,

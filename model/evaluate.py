@@ -48,7 +48,6 @@ def score_items(
     inspector: Inspector, items: list[TestItem], batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores, and maps and masks at METRIC_SIZE, for test items, in order."""
-    size = METRIC_SIZE
     scores, maps, masks = [], [], []
     for i in tqdm(range(0, len(items), batch_size), desc="evaluate", unit="batch"):
         chunk = items[i : i + batch_size]
@@ -58,7 +57,7 @@ def score_items(
         scores.append(res.scores)
         # float16 halves memory; the metrics cast back.
         maps.append(np.stack([at_metric_size(m) for m in res.maps]).astype(np.float16))
-        masks.extend(read_mask(t.mask_path, size) for t in chunk)
+        masks.extend(read_mask(t.mask_path, METRIC_SIZE) for t in chunk)
     return np.concatenate(scores), np.concatenate(maps), np.stack(masks)
 
 
@@ -74,11 +73,15 @@ def at_metric_size(m: np.ndarray) -> np.ndarray:
     )
 
 
+def image_labels(masks: np.ndarray) -> np.ndarray:
+    """An image counts as anomalous when its mask has any defect pixel (the spec's rule)."""
+    return masks.reshape(len(masks), -1).any(axis=1)
+
+
 def class_metrics(
     scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, threshold: float
 ) -> dict[str, float]:
-    # An image counts as anomalous when its mask has any defect pixel (the spec's rule).
-    labels = masks.reshape(len(masks), -1).any(axis=1)
+    labels = image_labels(masks)
     flagged = scores > threshold
     return {
         "image_auroc": auroc(labels, scores),
@@ -133,7 +136,7 @@ def evaluate(
             if t.defect_type != "good" and not mk.any()
         )
         report["classes"][c] = m
-        labels = masks.reshape(len(masks), -1).any(axis=1)
+        labels = image_labels(masks)
         curves[c] = (labels, scores, m["image_auroc"])
         # Overlays: the highest-scoring defects, the highest-scoring good image, a missed defect.
         order = np.argsort(-scores)
