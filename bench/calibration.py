@@ -3,12 +3,21 @@
     python -m bench.calibration --data ../shared/data/industrial \
         --ckpt runs/lite0-40s30-seed1/model.safetensors runs/lite1-40s30-seed2/model.safetensors
 
+    python -m bench.calibration --data ../shared/data/industrial --ckpt runs/q/model.safetensors \
+        --study magnetic_tile --sizes 5 8 12 20 40 --draws 2000
+
 A class with few normal images (cookie: 31, so 5 held out) gets its threshold from a log-normal
 fitted to five scores, and one unusual normal image among them moves it a long way. This
 rebuilds each checkpoint's held-out split from its recorded seed, checks that the production
 rule reproduces the stored thresholds (so the split and the scores are the ones training used),
 then fits each rule in RULES to the same held-out scores and measures every threshold on the
-test images. Diagnostic only: production calibration is `model.calibration.calibrate`.
+test images.
+
+Five test images cannot say how a rule behaves on five held-out scores; a class with many can.
+`--study CLASS` draws many subsets of n of that class's held-out scores (without replacement),
+fits every rule to each, and reports how the test false-positive rate and recall spread across
+draws: how many normal images a class needs before its threshold can be trusted, and which rule
+does best with few. Diagnostic only: production calibration is `model.calibration.calibrate`.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from model.calibration import calibrate, lognormal_quantile
 from model.config import TrainConfig
@@ -44,20 +54,32 @@ def rule_robust(s: np.ndarray, fpr: float) -> float:
     return lognormal_quantile(centre, spread, fpr)
 
 
+def rule_predictive(s: np.ndarray, fpr: float) -> float:
+    """Student-t prediction bound on the next log-score: the plug-in fit treats the sample's
+    mean and sd as exact, so on a handful of scores its expected false-positive rate is well
+    above the target; this one widens the bound by exactly the estimation error of both."""
+    logs = np.log(np.clip(s, 1e-12, None))
+    n = logs.size
+    sd = max(float(logs.std(ddof=1)), 1e-6)
+    q = float(student_t.ppf(1.0 - fpr, df=n - 1))
+    return math.exp(float(logs.mean()) + q * sd * math.sqrt(1.0 + 1.0 / n))
+
+
 RULES: dict[str, Callable[[np.ndarray, float], float]] = {
     "production (mean, sd of log-scores)": rule_production,
     "robust (median, MAD of log-scores)": rule_robust,
+    "predictive (Student t bound)": rule_predictive,
 }
 
 
 def heldout_scores(inspector: Inspector, data: Path) -> dict[str, np.ndarray]:
     """Each class's held-out normal scores, from the split the checkpoint was trained with."""
     meta = inspector.meta
-    d = TrainConfig()
+    d = TrainConfig()  # checkpoints from before the split rule was recorded used its defaults
     _, held = split_heldout(
         train_images(data, list(meta.classes)),
-        d.heldout_fraction,
-        d.heldout_min,
+        float(meta.training.get("heldout_fraction", d.heldout_fraction)),
+        int(meta.training.get("heldout_min", d.heldout_min)),
         int(meta.training["seed"]),
     )
     out = {}
@@ -100,6 +122,68 @@ def compare(inspector: Inspector, data: Path) -> dict:
     return rows
 
 
+def sample_size_study(
+    held: np.ndarray,
+    good: np.ndarray,
+    defect: np.ndarray,
+    sizes: list[int],
+    draws: int,
+    fpr: float,
+    seed: int = 0,
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Per sample size n and rule: spread over `draws` random n-subsets of the held-out scores.
+
+    Threshold is reported against the production rule on all held-out scores, so 1.00 is "as if
+    the class had every image"; FPR and recall are measured on the test images `good` and
+    `defect`. Percentiles across draws, because the question is how bad an unlucky line gets.
+    """
+    rng = np.random.default_rng(seed)
+    reference = rule_production(held, fpr)
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    for n in sizes:
+        if not 2 <= n <= held.size:
+            raise ValueError(f"sample size {n} outside 2..{held.size} held-out scores")
+        subsets = [rng.choice(held, size=n, replace=False) for _ in range(draws)]
+        out[n] = {}
+        for name, rule in RULES.items():
+            t = np.array([rule(sub, fpr) for sub in subsets])
+            f = (good[None, :] > t[:, None]).mean(axis=1)
+            r = (defect[None, :] > t[:, None]).mean(axis=1)
+            ratio = t / reference
+            out[n][name] = {
+                "threshold_p10": float(np.percentile(ratio, 10)),
+                "threshold_p90": float(np.percentile(ratio, 90)),
+                "fpr_mean": float(f.mean()),
+                "fpr_p90": float(np.percentile(f, 90)),
+                "recall_mean": float(r.mean()),
+                "recall_p10": float(np.percentile(r, 10)),
+            }
+    return out
+
+
+def study(inspector: Inspector, data: Path, cls: str, sizes: list[int], draws: int) -> dict:
+    if cls not in inspector.meta.classes:
+        raise SystemExit(f"--study {cls}: not a class of this checkpoint")
+    held = heldout_scores(inspector, data)[cls]
+    scores, _, masks = score_items(inspector, test_items(data, [cls]))
+    defect = image_labels(masks)
+    fpr = inspector.meta.calibration[cls].target_fpr
+    return sample_size_study(held, scores[~defect], scores[defect], sizes, draws, fpr)
+
+
+def print_study(name: str, cls: str, rows: dict[int, dict[str, dict[str, float]]]) -> None:
+    print(f"\n{name}, {cls}: threshold against all held-out scores (p10–p90), test FPR, recall")
+    print("| held out | rule | threshold p10–p90 | FPR mean | FPR p90 | recall mean | recall p10 |")
+    print("|---|---|---|---|---|---|---|")
+    for n, by_rule in rows.items():
+        for rule, m in by_rule.items():
+            print(
+                f"| {n} | {rule} | {m['threshold_p10']:.2f}–{m['threshold_p90']:.2f} | "
+                f"{m['fpr_mean']:.3f} | {m['fpr_p90']:.3f} | {m['recall_mean']:.3f} | "
+                f"{m['recall_p10']:.3f} |"
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m bench.calibration", description=__doc__.split("\n")[0]
@@ -107,8 +191,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--ckpt", type=Path, nargs="+", required=True)
     p.add_argument("--json", type=Path, help="write the comparison here")
+    p.add_argument("--study", metavar="CLASS", help="sample-size study on this class")
+    p.add_argument("--sizes", type=int, nargs="+", default=[5, 8, 12, 20, 40])
+    p.add_argument("--draws", type=int, default=2000)
     args = p.parse_args(argv)
-    report = {}
+    report: dict = {}
+    if args.study:
+        for ckpt in args.ckpt:
+            inspector = Inspector.from_checkpoint(ckpt, device="cpu")
+            rows = study(inspector, args.data, args.study, args.sizes, args.draws)
+            report[str(ckpt)] = {"study": args.study, "sizes": rows}
+            print_study(ckpt.parent.name, args.study, rows)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+        return
     print("| checkpoint | class | held out | rule | threshold | test FPR | test recall |")
     print("|---|---|---|---|---|---|---|")
     for ckpt in args.ckpt:

@@ -303,6 +303,9 @@ def train_from_features(
                 "jitter": jitter,
                 "schedule": cfg.schedule,
                 "step_epochs": cfg.step_epochs,
+                # The split rule, so the held-out images can be rebuilt (bench.calibration).
+                "heldout_fraction": cfg.heldout_fraction,
+                "heldout_min": cfg.heldout_min,
                 "best_epoch": int(selected["epoch"]),
                 "best_heldout_loss": float(selected["heldout_loss"]),
                 "selection": "last" if last else "heldout",

@@ -110,3 +110,28 @@ def test_calibration_bench_rebuilds_the_training_split_and_compares_rules(tiny_c
     spoilt = np.r_[clean[:4], 50.0]
     assert rule_production(spoilt, 0.01) > 2 * rule_production(clean, 0.01)
     assert rule_robust(spoilt, 0.01) < 1.3 * rule_robust(clean, 0.01)
+
+
+def test_sample_size_study_measures_what_few_normal_images_cost():
+    """On log-normal scores the plug-in fit's false-positive rate on five scores is well above
+    its 1 % target (it treats the sample's mean and sd as exact); the Student-t bound meets it in
+    expectation; every rule's threshold steadies as the sample grows."""
+    import numpy as np
+
+    from bench.calibration import sample_size_study
+
+    rng = np.random.default_rng(3)
+    held = rng.lognormal(0.0, 0.3, 3000)
+    good = rng.lognormal(0.0, 0.3, 20000)
+    defect = rng.lognormal(1.0, 0.3, 2000)
+    rows = sample_size_study(held, good, defect, [5, 40], draws=1500, fpr=0.01, seed=1)
+    prod, pred = "production (mean, sd of log-scores)", "predictive (Student t bound)"
+    assert rows[5][prod]["fpr_mean"] > 0.02
+    assert abs(rows[5][pred]["fpr_mean"] - 0.01) < 0.003
+    assert rows[5][pred]["recall_mean"] < rows[5][prod]["recall_mean"]  # the price of the bound
+    for rule in rows[5]:
+        spread = {n: rows[n][rule]["threshold_p90"] - rows[n][rule]["threshold_p10"] for n in rows}
+        assert spread[40] < 0.6 * spread[5]
+    assert 0.85 < rows[40][prod]["threshold_p10"] < 1.0 < rows[40][prod]["threshold_p90"] < 1.15
+    with pytest.raises(ValueError, match="outside"):
+        sample_size_study(held[:4], good, defect, [5], draws=2, fpr=0.01)
