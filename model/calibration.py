@@ -18,6 +18,12 @@ from schemas import ClassCalibration
 # The empirical quantile is trusted once the tail it cuts holds at least this many scores.
 MIN_TAIL_COUNT = 10
 
+# Below this many normal scores a class's threshold is a rough estimate. Drawn from
+# magnetic_tile's held-out scores (`python -m bench.calibration --study`, bench/RESULTS.md), a
+# 1 % threshold fitted to 5 scores gives a test false-positive rate of 16 % or more in one draw
+# of ten, and one fitted to 20 scores 4 %: an operator should know which kind a class has.
+STEADY_COUNT = 20
+
 
 def lognormal_quantile(mu: float, sigma: float, tail: float) -> float:
     """The score a log-normal(mu, sigma) exceeds with probability `tail`."""
@@ -63,3 +69,20 @@ def confidence(scores: np.ndarray | float, cal: ClassCalibration) -> np.ndarray:
     s = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, None)
     z = (np.log(s) - math.log(cal.threshold)) / cal.scale
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def calibration_report(calibration: dict[str, ClassCalibration]) -> list[str]:
+    """One line per class for the operator, flagging thresholds set on few normal images."""
+    lines = []
+    for c, cal in sorted(calibration.items()):
+        line = (
+            f"{c}: threshold {cal.threshold:.2f} at {cal.target_fpr:.1%} false positives, "
+            f"from {cal.n_images} held-out normal images ({cal.method})"
+        )
+        if cal.n_images < STEADY_COUNT:
+            line += (
+                f"; fewer than {STEADY_COUNT}: the realised false-positive rate may be several "
+                "times the target, recalibrate once the line has recorded more normal images"
+            )
+        lines.append(line)
+    return lines

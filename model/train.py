@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from model.backbone import BackboneInfo, build_backbone
-from model.calibration import calibrate
+from model.calibration import calibrate, calibration_report
 from model.checkpoint import content_version, save_checkpoint
 from model.config import DECODERS, HeadConfig, TrainConfig
 from model.data import split_heldout, train_images
@@ -367,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--step-epochs", type=int, default=d.step_epochs, help="StepLR period")
     p.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction)
+    p.add_argument(
+        "--heldout-min",
+        type=int,
+        default=d.heldout_min,
+        help="held-out images per class at least (capped at half the class)",
+    )
     p.add_argument("--target-fpr", type=float, default=d.target_fpr)
     p.add_argument(
         "--threshold-ratio",
@@ -418,6 +424,7 @@ def main(argv: list[str] | None = None) -> None:
         step_epochs=args.step_epochs,
         schedule=args.schedule,
         heldout_fraction=args.heldout_fraction,
+        heldout_min=args.heldout_min,
         target_fpr=args.target_fpr,
         threshold_ratio=args.threshold_ratio,
     )
@@ -437,6 +444,8 @@ def main(argv: list[str] | None = None) -> None:
         f"wrote {args.out} (version {meta.version}, best epoch {meta.training['best_epoch']}, "
         f"{meta.training['train_seconds']} s training)"
     )
+    for line in calibration_report(meta.calibration):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,16 @@ def test_calibration_refuses_too_little_data():
         calibrate(np.array([1.0]))
     with pytest.raises(ValueError):
         calibrate(np.array([1.0, 2.0]), target_fpr=0)
+
+
+def test_report_flags_classes_calibrated_on_few_normal_images():
+    from model.calibration import STEADY_COUNT, calibration_report
+
+    rng = np.random.default_rng(0)
+    few = calibrate(rng.lognormal(3.0, 0.2, 5))
+    many = calibrate(rng.lognormal(2.3, 0.2, 114))
+    lines = calibration_report({"magnetic_tile": many, "cookie": few})
+    assert [line.split(":")[0] for line in lines] == ["cookie", "magnetic_tile"]
+    assert "from 5 held-out normal images (lognormal)" in lines[0]
+    assert f"fewer than {STEADY_COUNT}" in lines[0]
+    assert "fewer than" not in lines[1] and "from 114 held-out" in lines[1]
