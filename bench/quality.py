@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bench.throughput import measure
-from model.config import DECODERS, TrainConfig
+from model.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.evaluate import evaluate, format_table
 from model.inference import Inspector
 from model.settings import ModelSettings
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--step-epochs", type=int, default=40)
     p.add_argument("--schedule", choices=SCHEDULES, default="step")
-    p.add_argument("--variant", choices=sorted(DECODERS), default="crad-s")
+    p.add_argument("--variant", choices=sorted(DECODERS), default=DEFAULT_VARIANT)
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--threshold-ratio", type=float, default=0.5)
     p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="energy")

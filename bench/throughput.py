@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from model.backbone import build_backbone, wrap_network
-from model.config import DECODERS, HeadConfig
+from model.config import DECODERS, DEFAULT_VARIANT, HeadConfig
 from model.grad import GRADHead, count_trainable
 from model.inference import Inspector, autocast_for, head_scores, resolve_device
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ckpt", type=Path, help="trained checkpoint (default: --untrained)")
     p.add_argument("--untrained", action="store_true")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
-    p.add_argument("--variant", choices=sorted(DECODERS), default="crad-s")
+    p.add_argument("--variant", choices=sorted(DECODERS), default=DEFAULT_VARIANT)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--image-size", type=int, default=224, help="ignored with --ckpt")

@@ -20,8 +20,9 @@ MIN_TAIL_COUNT = 10
 
 # Below this many normal scores a class's threshold is a rough estimate. Drawn from
 # magnetic_tile's held-out scores (`python -m bench.calibration --study`, bench/RESULTS.md), a
-# 1 % threshold fitted to 5 scores gives a test false-positive rate of 16 % or more in one draw
-# of ten, and one fitted to 20 scores 4 %: an operator should know which kind a class has.
+# 1 % threshold fitted to 5 scores gave a test false-positive rate of 15 % or more in one draw
+# of ten; fitted to 20, 6 %, near the 4 % of all 114: an operator should know which kind a
+# class has.
 STEADY_COUNT = 20
 
 

@@ -27,6 +27,9 @@ DECODERS: dict[str, DecoderSpec] = {
     "crad-s": DecoderSpec(block="mbv3", depth=11, expand_ratio=1.0),
 }
 
+# The decoder a model is trained with unless told otherwise (bench/RESULTS.md, "Decoder").
+DEFAULT_VARIANT = "crad-s"
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -34,7 +37,7 @@ class HeadConfig:
 
     channels: int
     feature_size: int = 28
-    variant: str = "crad-s"
+    variant: str = DEFAULT_VARIANT
     local_grid: int = 8
     global_grid: int = 4
     jitter_prob: float = 0.5

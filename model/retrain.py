@@ -47,7 +47,7 @@ from model.artifacts import ArtifactStore
 from model.backbone import FrozenBackbone, build_backbone
 from model.checkpoint import CheckpointError, from_bytes, load_checkpoint
 from model.cli_failures import report_failures
-from model.config import TrainConfig
+from model.config import DEFAULT_VARIANT, TrainConfig
 from model.content_features import content_features
 from model.durations import WindowError, resolve_window
 from model.gate import ClassScores, Tolerances, decide
@@ -383,7 +383,7 @@ def _run(
         backbone.info,
         size,
         device,
-        variant=active.meta.variant if active else "crad-s",
+        variant=active.meta.variant if active else DEFAULT_VARIANT,
         init_from=init_from,
         feature_seconds=feature_seconds,
         provenance={

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from model.backbone import BackboneInfo, build_backbone
 from model.calibration import calibrate, calibration_report
 from model.checkpoint import content_version, save_checkpoint
-from model.config import DECODERS, HeadConfig, TrainConfig
+from model.config import DECODERS, DEFAULT_VARIANT, HeadConfig, TrainConfig
 from model.data import split_heldout, train_images
 from model.features import cached_features
 from model.grad import GRADHead, count_trainable
@@ -130,7 +130,7 @@ def train(
     out: Path,
     cfg: TrainConfig,
     settings: ModelSettings,
-    variant: str = "crad-s",
+    variant: str = DEFAULT_VARIANT,
     classes: list[str] | None = None,
     threshold_rule: str = "energy",
     jitter: bool = True,
@@ -188,7 +188,7 @@ def train_from_features(
     image_size: int,
     device: torch.device,
     *,
-    variant: str = "crad-s",
+    variant: str = DEFAULT_VARIANT,
     threshold_rule: str = "energy",
     jitter: bool = True,
     snapshot_every: int = 0,
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--variant", choices=sorted(DECODERS), default="crad-s")
+    p.add_argument("--variant", choices=sorted(DECODERS), default=DEFAULT_VARIANT)
     p.add_argument("--classes", nargs="*", help="train on these classes only")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model.checkpoint import CheckpointError, from_bytes, load_checkpoint, read_meta, to_bytes
-from model.config import TrainConfig
+from model.config import DEFAULT_VARIANT, TrainConfig
 from model.data import split_heldout, train_images
 from model.images import read_image
 from model.inference import Inspector
@@ -18,7 +18,7 @@ def test_metadata_holds_what_scoring_needs(tiny_ckpt):
     assert len(meta.backbone_weights_sha256) == 64
     assert meta.tap_channels == (40, 112) and meta.channels == 152
     assert meta.image_size == 224 and meta.mean == (0.5, 0.5, 0.5)
-    assert meta.variant == "crad-s" and meta.refine_threshold > 0
+    assert meta.variant == DEFAULT_VARIANT and meta.refine_threshold > 0
     assert set(meta.calibration) == {"fabric", "ring"}
     assert meta.version.startswith("grad-")
 
