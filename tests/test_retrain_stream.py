@@ -122,8 +122,18 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
                 eventually(lambda: labelled() == len(first), 120)
 
             # 3. The stream goes on while the retrain runs.
-            more = [("hazelnut", p) for p in good_images(industrial, "hazelnut")[30:]]
-            more += [("transistor", p) for p in good_images(industrial, "transistor")[30:]]
+            # Classes alternate, so the events after the switch hold transistor ones however
+            # early or late the switch falls (in blocks, a fast retrain could switch inside a
+            # run of hazelnut and leave the transistor check below with nothing to look at).
+            more = [
+                pair
+                for h, t in zip(
+                    good_images(industrial, "hazelnut")[30:],
+                    good_images(industrial, "transistor")[30:],
+                    strict=False,
+                )
+                for pair in (("hazelnut", h), ("transistor", t))
+            ]
             sent: list = []
 
             def feed() -> None:
