@@ -72,8 +72,11 @@ RULES: dict[str, Callable[[np.ndarray, float], float]] = {
 }
 
 
-def heldout_scores(inspector: Inspector, data: Path) -> dict[str, np.ndarray]:
-    """Each class's held-out normal scores, from the split the checkpoint was trained with."""
+def heldout_scores(
+    inspector: Inspector, data: Path, classes: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Held-out normal scores of `classes` (default all), from the split the checkpoint was
+    trained with."""
     meta = inspector.meta
     d = TrainConfig()  # checkpoints from before the split rule was recorded used its defaults
     _, held = split_heldout(
@@ -83,7 +86,7 @@ def heldout_scores(inspector: Inspector, data: Path) -> dict[str, np.ndarray]:
         int(meta.training["seed"]),
     )
     out = {}
-    for c in meta.classes:
+    for c in classes or meta.classes:
         if len(held[c]) != meta.heldout_images[c]:
             raise SystemExit(
                 f"{c}: {len(held[c])} held-out images, the checkpoint says "
@@ -164,7 +167,7 @@ def sample_size_study(
 def study(inspector: Inspector, data: Path, cls: str, sizes: list[int], draws: int) -> dict:
     if cls not in inspector.meta.classes:
         raise SystemExit(f"--study {cls}: not a class of this checkpoint")
-    held = heldout_scores(inspector, data)[cls]
+    held = heldout_scores(inspector, data, [cls])[cls]
     scores, _, masks = score_items(inspector, test_items(data, [cls]))
     defect = image_labels(masks)
     fpr = inspector.meta.calibration[cls].target_fpr

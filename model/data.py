@@ -60,6 +60,8 @@ def split_heldout(
     Each class keeps at least `minimum` held-out images (calibration needs a few even for small
     classes) and at least half of its images for training.
     """
+    if minimum < 2:  # a setting error, not a data one: say so rather than blame a class
+        raise ValueError(f"held-out minimum {minimum}: calibration needs at least 2 images")
     train, held = {}, {}
     for c, paths in images.items():
         order = list(paths)

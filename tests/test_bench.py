@@ -91,12 +91,14 @@ def test_calibration_bench_rebuilds_the_training_split_and_compares_rules(tiny_c
     calibrated on: compare() refuses otherwise, so reaching the rows proves the rebuild."""
     import numpy as np
 
-    from bench.calibration import RULES, compare, rule_production, rule_robust
+    from bench.calibration import RULES, compare, heldout_scores, rule_production, rule_robust
     from model.inference import Inspector
 
     inspector = Inspector.from_checkpoint(tiny_ckpt, device="cpu")
     rows = compare(inspector, sample_data)
     assert set(rows) == set(inspector.meta.classes)
+    one = inspector.meta.classes[0]
+    assert list(heldout_scores(inspector, sample_data, [one])) == [one]  # the study's one class
     for c, r in rows.items():
         assert r["heldout"] == inspector.meta.heldout_images[c]
         prod = r[next(iter(RULES))]

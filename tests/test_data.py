@@ -14,6 +14,8 @@ def test_split_is_seeded_disjoint_and_per_class(sample_data):
         assert sorted(train[c] + held[c]) == paths
         assert len(held[c]) >= 5
     assert split_heldout(images, 0.15, 5, seed=4)[1] != held
+    with pytest.raises(ValueError, match="held-out minimum 1"):
+        split_heldout(images, 0.01, 1, seed=3)
 
 
 def test_training_never_lists_test_images(sample_data):
