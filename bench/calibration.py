@@ -205,21 +205,19 @@ def main(argv: list[str] | None = None) -> None:
             rows = study(inspector, args.data, args.study, args.sizes, args.draws)
             report[str(ckpt)] = {"study": args.study, "sizes": rows}
             print_study(ckpt.parent.name, args.study, rows)
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=1))
-        return
-    print("| checkpoint | class | held out | rule | threshold | test FPR | test recall |")
-    print("|---|---|---|---|---|---|---|")
-    for ckpt in args.ckpt:
-        inspector = Inspector.from_checkpoint(ckpt, device="cpu")
-        rows = report[str(ckpt)] = compare(inspector, args.data)
-        for c, r in rows.items():
-            for name in RULES:
-                m = r[name]
-                print(
-                    f"| {ckpt.parent.name} | {c} | {r['heldout']} | {name} | "
-                    f"{m['threshold']:.2f} | {m['fpr']:.3f} | {m['recall']:.3f} |"
-                )
+    else:
+        print("| checkpoint | class | held out | rule | threshold | test FPR | test recall |")
+        print("|---|---|---|---|---|---|---|")
+        for ckpt in args.ckpt:
+            inspector = Inspector.from_checkpoint(ckpt, device="cpu")
+            rows = report[str(ckpt)] = compare(inspector, args.data)
+            for c, r in rows.items():
+                for name in RULES:
+                    m = r[name]
+                    print(
+                        f"| {ckpt.parent.name} | {c} | {r['heldout']} | {name} | "
+                        f"{m['threshold']:.2f} | {m['fpr']:.3f} | {m['recall']:.3f} |"
+                    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -26,13 +26,16 @@ from model.grad import GRADHead, count_trainable
 from model.inference import Inspector, autocast_for, head_scores, resolve_device
 
 
+def untrained_head(channels: int, variant: str, device: torch.device, image_size: int) -> GRADHead:
+    """A head shaped for `image_size` input (its stride-8 grid): speed does not need training."""
+    cfg = HeadConfig(channels=channels, variant=variant, feature_size=image_size // 8)
+    return GRADHead(cfg).to(device).eval()
+
+
 def untrained_inspector_parts(name: str, variant: str, device: torch.device, image_size: int = 224):
     """Backbone with random weights (no file needed) and an untrained head: speed only."""
     backbone = wrap_network(timm.create_model(name, pretrained=False), name, "untrained")
-    head = GRADHead(
-        HeadConfig(channels=backbone.info.channels, variant=variant, feature_size=image_size // 8)
-    )
-    return backbone.to(device), head.to(device).eval()
+    return backbone.to(device), untrained_head(backbone.info.channels, variant, device, image_size)
 
 
 def measure(
@@ -86,10 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         label = f"{args.backbone}/{args.variant} (untrained)"
     else:
         backbone = build_backbone(args.backbone).to(device)
-        cfg = HeadConfig(
-            channels=backbone.info.channels, variant=args.variant, feature_size=size // 8
-        )
-        head = GRADHead(cfg).to(device).eval()
+        head = untrained_head(backbone.info.channels, args.variant, device, size)
         label = f"{args.backbone}/{args.variant} (untrained head)"
     label += f" at {size} px"
     rows = []
