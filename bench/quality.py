@@ -1,7 +1,6 @@
 """Quality benchmark: one unified GRAD model on every class of a data set, measured.
 
-    python -m bench.quality --data ../shared/data/industrial --epochs 50 --batch-size 16 \
-        --out runs/quality-lite0-crad
+    python -m bench.quality --data ../shared/data/industrial --out runs/quality-lite0-crad
 
 Trains (or, with --ckpt, reuses) one model on all classes' `train/good`, evaluates it with
 `model.evaluate` (per-class and mean image AUROC, pixel AUROC, AUPRO, FPR and recall at the
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--ckpt", type=Path, help="evaluate this checkpoint instead of training")
-    p.add_argument("--epochs", type=int, default=50)  # the spec's CRAD length
+    p.add_argument("--epochs", type=int, help="default: the decoder's reference length")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--step-epochs", type=int, default=40)
     p.add_argument("--schedule", choices=SCHEDULES, default="step")
@@ -49,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = args.ckpt or args.out / "model.safetensors"
     if args.ckpt is None:
         cfg = TrainConfig(
-            epochs=args.epochs,
+            epochs=(
+                args.epochs if args.epochs is not None else DECODERS[args.variant].reference_epochs
+            ),
             batch_size=args.batch_size,
             seed=args.seed,
             step_epochs=args.step_epochs,

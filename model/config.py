@@ -16,11 +16,14 @@ class DecoderSpec:
     block: str  # "basic" (ResNet basic block) or "mbv3" (MobileNetV3 bottleneck)
     depth: int
     expand_ratio: float = 1.0  # E / C for mbv3 blocks
+    # The spec's training length for this decoder ("100 epochs (GRAD) or 50 (CRAD)"): what
+    # the command lines train for unless told otherwise.
+    reference_epochs: int = 50
 
 
 DECODERS: dict[str, DecoderSpec] = {
     # First version of the paper: 7 ResNet basic blocks.
-    "grad": DecoderSpec(block="basic", depth=7),
+    "grad": DecoderSpec(block="basic", depth=7, reference_epochs=100),
     # Final version (CRAD): 11 MobileNetV3 bottlenecks with E = 4C.
     "crad": DecoderSpec(block="mbv3", depth=11, expand_ratio=4.0),
     # Small variant: E = C.
@@ -59,7 +62,11 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The reference schedule (spec 'Training'); epochs and batch size are the usual knobs."""
+    """The reference schedule (spec 'Training'); epochs and batch size are the usual knobs.
+
+    `epochs` defaults to GRAD's length; the command lines take the length of the decoder they
+    train (`DecoderSpec.reference_epochs`) when none is given.
+    """
 
     epochs: int = 100
     batch_size: int = 64

@@ -354,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="MVTec-layout directory")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="default: the spec's length for the decoder (grad 100, crad and crad-s 50)",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--variant", choices=sorted(DECODERS), default=DEFAULT_VARIANT)
     p.add_argument("--classes", nargs="*", help="train on these classes only")
@@ -417,21 +421,10 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None
     }
     settings = ModelSettings(**overrides)
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        step_epochs=args.step_epochs,
-        schedule=args.schedule,
-        heldout_fraction=args.heldout_fraction,
-        heldout_min=args.heldout_min,
-        target_fpr=args.target_fpr,
-        threshold_ratio=args.threshold_ratio,
-    )
     meta = train(
         args.data,
         args.out,
-        cfg,
+        config_from_args(args),
         settings,
         args.variant,
         args.classes,
@@ -446,6 +439,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     for line in calibration_report(meta.calibration):
         print(line)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The schedule a command line asked for; its length is the decoder's unless given."""
+    return TrainConfig(
+        epochs=args.epochs if args.epochs is not None else DECODERS[args.variant].reference_epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        step_epochs=args.step_epochs,
+        schedule=args.schedule,
+        heldout_fraction=args.heldout_fraction,
+        heldout_min=args.heldout_min,
+        target_fpr=args.target_fpr,
+        threshold_ratio=args.threshold_ratio,
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,13 @@ from model.checkpoint import load_checkpoint
 from model.config import TrainConfig
 from model.grad import GRADHead
 from model.inference import head_config_from
-from model.train import build_scheduler, heldout_loss, train_from_features
+from model.train import (
+    build_parser,
+    build_scheduler,
+    config_from_args,
+    heldout_loss,
+    train_from_features,
+)
 
 INFO = BackboneInfo(
     name="synthetic",
@@ -104,3 +110,15 @@ def test_cosine_schedule_anneals_smoothly_to_zero_keeping_the_groups_ratio():
 def test_unknown_schedule_is_refused_by_name():
     with pytest.raises(ValueError, match="'linear'"):
         _lrs(TrainConfig(epochs=2, schedule="linear"))
+
+
+def test_command_line_trains_each_decoder_for_the_specs_length_unless_told():
+    def cfg(*extra: str) -> TrainConfig:
+        return config_from_args(build_parser().parse_args(["--data", "d", "--out", "o", *extra]))
+
+    # "100 epochs (GRAD) or 50 (CRAD)"; the default decoder is CRAD.
+    assert cfg().epochs == 50
+    assert cfg("--variant", "grad").epochs == 100
+    assert cfg("--variant", "crad-s").epochs == 50
+    assert cfg("--variant", "grad", "--epochs", "7").epochs == 7
+    assert cfg("--epochs", "0").epochs == 0  # 0 is a length (calibrate only), not "unset"
