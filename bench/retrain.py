@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from model.artifacts import ArtifactStore
-from model.config import TrainConfig
+from model.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.data import discover_classes
 from model.evaluate import evaluate
 from model.images import read_image
@@ -125,6 +125,12 @@ def main(argv: list[str] | None = None) -> None:
         "--per-class", type=int, default=150, help="normal images per class, base and window"
     )
     p.add_argument("--base-epochs", type=int, default=10)
+    p.add_argument(
+        "--variant",
+        choices=sorted(DECODERS),
+        default=DEFAULT_VARIANT,
+        help="the base model's decoder (the retrain warm-starts from it, so keeps it)",
+    )
     p.add_argument("--epochs", type=int, default=10, help="retrain epochs (warm start)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     if not base_ckpt.is_file():
         subset = link_subset(out / "base-data", base_images)
         cfg = TrainConfig(epochs=args.base_epochs, batch_size=args.batch_size, step_epochs=30)
-        train(subset, base_ckpt, cfg, settings)
+        train(subset, base_ckpt, cfg, settings, args.variant)
     base_seconds = time.perf_counter() - t0
     base = Inspector.from_checkpoint(base_ckpt, settings.device)
 
