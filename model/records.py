@@ -47,7 +47,7 @@ from schemas.records import (
     ModelVersionRecord,
     calibration_statistics,
 )
-from schemas.tables import LABELS, Calibration, Inspection, ModelVersion, PendingLabel
+from schemas.tables import LABELS, Calibration, InFlight, Inspection, ModelVersion, PendingLabel
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -274,6 +274,40 @@ class RecordStore:
         """Raises `RecordStoreUnavailable` unless the database answers a query now."""
         with self._read() as conn:
             conn.execute(select(1)).scalar_one()
+
+    # -- in-flight markers (the worker's crash-loop breaker) ----------------------------------
+
+    def mark_in_flight(self, group: str, markers: Sequence[Mapping[str, Any]], worker: str) -> None:
+        """Upsert one marker per (topic, partition): keys `topic`, `partition`, `first_offset`,
+        `last_offset`, `crashes`, `suspect_last` (see `schemas.tables.InFlight`)."""
+        if not markers:
+            return
+        now = _now()
+        rows = [
+            {**m, "consumer_group": group, "worker": worker, "updated_at": now} for m in markers
+        ]
+        table = InFlight.__table__
+        stmt = self._insert(table)
+        keys = ("consumer_group", "topic", "partition")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c[k] for k in keys],
+            set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys},
+        )
+        with self._write() as conn:
+            conn.execute(stmt, rows)
+
+    def in_flight(self, group: str, topic: str, partition: int) -> dict[str, Any] | None:
+        """The marker last written for a partition, as a dict of its columns, or None."""
+        table = InFlight.__table__
+        with self._read() as conn:
+            row = conn.execute(
+                select(table).where(
+                    table.c.consumer_group == group,
+                    table.c.topic == topic,
+                    table.c.partition == partition,
+                )
+            ).first()
+        return None if row is None else dict(row._mapping)
 
     # -- inspections --------------------------------------------------------------------------
 

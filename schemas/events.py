@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EVENT_SCHEMA_VERSION = 1
 RESULT_SCHEMA_VERSION = 1
@@ -19,6 +20,23 @@ DEAD_LETTER_SCHEMA_VERSION = 1
 
 # An event id becomes part of a storage key and a database key: keep it printable and bounded.
 EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$"
+# Names that end up in logs, SQL and file names: no control characters (C0, DEL).
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+def check_uri(uri: str) -> str:
+    """A URI the worker can reason about: no control characters (raw or percent-encoded NUL),
+    and one that the URL parser accepts (a bracket without a valid IPv6 host makes `urlsplit`
+    raise). Whether it may be read is the image roots' decision, later."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in uri):
+        raise ValueError("image_uri holds a control character")
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:
+        raise ValueError(f"image_uri is not a valid URI: {exc}") from exc
+    if "\x00" in unquote(parts.path):
+        raise ValueError("image_uri holds an encoded NUL byte")
+    return uri
 
 
 class InspectionEvent(BaseModel):
@@ -30,17 +48,22 @@ class InspectionEvent(BaseModel):
     base64 for small images.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: a JSON value of the wrong type is invalid, never coerced (`true` is not 1, a
+    # number is not a time).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     schema_version: Literal[1] = Field(description="version of this contract")
     event_id: str = Field(
         pattern=EVENT_ID_PATTERN,
         description="unique id of the inspection; every side effect is idempotent on it",
     )
-    line: str = Field(min_length=1, max_length=100)
-    station: str = Field(min_length=1, max_length=100)
+    line: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    station: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
     product_class: str = Field(
-        min_length=1, max_length=100, description="product class, as the model knows it"
+        min_length=1,
+        max_length=100,
+        pattern=NAME_PATTERN,
+        description="product class, as the model knows it",
     )
     captured_at: AwareDatetime = Field(description="when the camera took the image (with zone)")
     image_uri: str | None = Field(default=None, max_length=2048)
@@ -48,6 +71,19 @@ class InspectionEvent(BaseModel):
     attributes: dict[str, Any] = Field(
         default_factory=dict, description="free fields passed through to the result"
     )
+
+    @field_validator("event_id")
+    @classmethod
+    def _no_dot_segments(cls, v: str) -> str:
+        # The id names files in the heatmap store: `a/../../x` must not climb out of it.
+        if any(seg in (".", "..") or seg == "" for seg in v.split("/")):
+            raise ValueError("event_id has an empty, '.' or '..' path segment")
+        return v
+
+    @field_validator("image_uri")
+    @classmethod
+    def _valid_uri(cls, v: str | None) -> str | None:
+        return None if v is None else check_uri(v)
 
     @model_validator(mode="after")
     def _one_image(self) -> InspectionEvent:
@@ -104,12 +140,14 @@ class OperatorLabel(BaseModel):
     A label for an event not recorded yet is kept and applied when the inspection arrives.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     schema_version: Literal[1] = Field(description="version of this contract")
     event_id: str = Field(pattern=EVENT_ID_PATTERN)
     label: Literal["normal", "anomalous"]
-    by: str = Field(min_length=1, max_length=200, description="who gave the label")
+    by: str = Field(
+        min_length=1, max_length=200, pattern=NAME_PATTERN, description="who gave the label"
+    )
     note: str | None = Field(default=None, max_length=2000)
     labelled_at: AwareDatetime | None = Field(
         default=None, description="when it was given (default: when the worker reads it)"
@@ -126,6 +164,13 @@ DeadLetterReason = Literal[
     "uri_not_allowed",
     "image_not_found",
     "transient_retries_exhausted",
+    # Added by the per-record boundary (see README, "Bad input"):
+    "limit_exceeded",  # above a size, depth or number-length limit: not parsed at all
+    "unreadable_record",  # the Kafka client could not decode the record (headers, CRC)
+    "processing_error",  # anything else one record raised while being handled
+    "result_too_large",  # its result would not fit under the publish limit
+    "unpublishable",  # the broker refused its result for a reason retrying cannot cure
+    "poison",  # in flight when the worker died, too many times: not processed again
 ]
 
 
@@ -148,6 +193,15 @@ class DeadLetter(BaseModel):
     event_id: str | None = Field(default=None, description="set when the value parsed far enough")
     worker: str = Field(description="worker instance that rejected it")
     failed_at: datetime
+    error_type: str | None = Field(
+        default=None, description="the exception's type, for a failure that raised one"
+    )
+    original_uri: str | None = Field(
+        default=None,
+        description="where the original record was stored because it did not fit in the "
+        "dead-letter topic (the dead letter's value is then empty)",
+    )
+    original_bytes: int | None = Field(default=None, description="size of the stored original")
 
     def to_headers(self) -> list[tuple[str, bytes]]:
         data = self.model_dump(mode="json", exclude_none=True)

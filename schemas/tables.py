@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Double,
@@ -226,3 +227,32 @@ class PendingLabel(Base):
     labelled_at: Mapped[datetime]
     note: Mapped[str | None] = mapped_column(String(NOTE_LENGTH))
     received_at: Mapped[datetime] = mapped_column(doc="when the database got it")
+
+
+class InFlight(Base):
+    """Which records of a partition a worker is processing right now: the crash-loop breaker's
+    marker (`worker.breaker`).
+
+    Written before a polled record is fetched, decoded or scored; never cleared, because the
+    committed offset already tells a stale marker from a live one. A worker that is given a
+    partition and finds its committed offset inside the marked range knows that the previous
+    owner died with those records in flight (killed for memory, a segfault in a native library).
+    It lives here, not in the worker's memory or Redis, because it must outlive the process
+    that wrote it and be seen by whichever member of the group takes the partition next.
+    """
+
+    __tablename__ = "in_flight"
+
+    consumer_group: Mapped[str] = mapped_column(String(255), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_offset: Mapped[int] = mapped_column(BigInteger)
+    last_offset: Mapped[int] = mapped_column(BigInteger)
+    crashes: Mapped[int] = mapped_column(
+        Integer, doc="crashes the first record of the range was already in flight for"
+    )
+    suspect_last: Mapped[int] = mapped_column(
+        BigInteger, doc="records up to here were in flight at an earlier crash: one at a time"
+    )
+    worker: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime]

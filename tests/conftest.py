@@ -98,3 +98,32 @@ def own_redis():
         pytest.skip(str(exc))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def router(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The worker's model router in process (in-process state store), serving `tiny_ckpt`."""
+    from model.artifacts import ArtifactStore
+    from model.state_store import open_state_store
+    from worker.models import ModelRouter
+
+    r = ModelRouter(open_state_store(None), ArtifactStore(tmp_path_factory.mktemp("models")), "cpu")
+    r.start(tiny_ckpt)
+    return r  # a worker under test closes it
+
+
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def report_figure():
+    """Append a line to the figures printed at the end of the run (what CI's log shows: the
+    fuzzing test's record count and time, for example)."""
+    return FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if FIGURES:
+        terminalreporter.section("figures measured by the tests")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

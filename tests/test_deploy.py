@@ -784,10 +784,11 @@ def test_paths_the_worker_reads_and_writes_are_mounted(target: str) -> None:
         assert mount_of(c, var.value), f"{name}={var.value} is on no volume"
         checked += 1
     assert checked, "the checkpoint at least is a path"
-    store = str(setting(env, "heatmap_store"))
-    if "://" not in store or store.startswith("file://"):
-        m = mount_of(c, store.removeprefix("file://"))
-        assert m and not m.get("readOnly"), "a local heatmap store needs a writable volume"
+    for field in ("heatmap_store", "image_archive", "dead_letter_store"):
+        store = str(setting(env, field))
+        if store and ("://" not in store or store.startswith("file://")):
+            m = mount_of(c, store.removeprefix("file://"))
+            assert m and not m.get("readOnly"), f"a local {field} needs a writable volume"
     roots = setting(env, "image_roots")
     for root in roots.split(",") if isinstance(roots, str) else roots:
         if root and "://" not in root:

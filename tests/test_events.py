@@ -9,7 +9,7 @@ import pytest
 from schemas import DeadLetter, InspectionEvent
 from schemas.export import CONTRACTS, SCHEMA_DIR, render
 from worker.image_source import Rejected
-from worker.pipeline import parse_event
+from worker.intake import parse_event
 
 GOOD = {
     "schema_version": 1,

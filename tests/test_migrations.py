@@ -19,7 +19,7 @@ from schemas.tables import metadata
 from tests.databases import BACKENDS, closed_port_url, database, fresh_postgres_database
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = {"inspections", "pending_labels", "model_versions", "class_calibrations"}
+TABLES = {"inspections", "pending_labels", "model_versions", "class_calibrations", "in_flight"}
 
 
 @pytest.fixture(params=BACKENDS)

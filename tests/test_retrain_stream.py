@@ -24,6 +24,7 @@ from model.records import RecordStore, migrate
 from model.state_store import RedisStateStore
 from tests.databases import fresh_postgres_database
 from tests.retraining import defect_images, good_images, hazelnut_only
+from tests.streaming import wait_processed
 from tests.test_stream import eventually, new_topic, results_of, send_all
 from worker.feed import make_event, producer_for, read_topics
 from worker.process import WorkerProcess
@@ -106,7 +107,8 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
             defect_events = events_for(defects, "defect")
             first = good_events + defect_events
             send_all(broker.bootstrap, topic, first)
-            read_topics(broker.bootstrap, [f"{topic}.results"], until=len(first), timeout_s=300)
+            wait_processed(w, len(first))
+            read_topics(broker.bootstrap, [f"{topic}.results"], until=len(first), timeout_s=60)
             # 2. Quality engineers label them on the feedback topic.
             producer = producer_for(broker.bootstrap)
             for value in [*labels(good_events, "normal"), *labels(defect_events, "anomalous")]:
@@ -169,8 +171,11 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
             feeding.set()
             feeder.join()
             total = len(first) + len(sent)
+            # The worker may be far behind the feed on a loaded machine: wait for it to catch up
+            # (it keeps making progress), not for a fixed time.
+            wait_processed(w, total)
             got = results_of(
-                read_topics(broker.bootstrap, [f"{topic}.results"], until=total, timeout_s=300)
+                read_topics(broker.bootstrap, [f"{topic}.results"], until=total, timeout_s=60)
             )
 
             # 4. Rollback: the previous version serves the running worker again.
@@ -183,6 +188,7 @@ def test_retrain_promotes_into_a_running_worker_and_rollback_restores(
             rest = good_images(industrial, "transistor")[30:36]
             after = events_for([("transistor", p) for p in rest], "after")
             send_all(broker.bootstrap, topic, after)
+            wait_processed(w, total + len(after))
             everything = results_of(
                 read_topics(
                     broker.bootstrap, [f"{topic}.results"], until=total + len(after), timeout_s=120

@@ -28,6 +28,7 @@ class Health:
         self.partitions = 0
         self.state_store_ok = True
         self.database_ok = True
+        self.publish_failing = False
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
@@ -49,6 +50,8 @@ class Health:
             out.append("state store unreachable (serving with the state held)")
         if not self.database_ok:
             out.append("database unreachable (consumption paused)")
+        if self.publish_failing:
+            out.append("publishing failing (retrying; nothing committed meanwhile)")
         return out
 
     @property

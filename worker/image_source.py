@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,15 +30,9 @@ import numpy as np
 from model.images import ImageDecodeError, ImageTooLargeError, decode_image
 from model.roots import OutsideRoots, Roots
 from schemas import InspectionEvent
+from worker.rejected import Rejected
 
-
-class Rejected(Exception):
-    """A permanent problem with the record; `reason` is a DeadLetter reason."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+__all__ = ["ImageSource", "Rejected", "TransientError"]
 
 
 class TransientError(Exception):
@@ -44,6 +40,9 @@ class TransientError(Exception):
 
 
 _NOT_FOUND = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+# OS errors that name the request, not the moment: a name too long, a symlink loop, an invalid
+# argument. Retrying them for `transient_retry_s` would only stall the partition.
+_PERMANENT_ERRNO = {errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EILSEQ, errno.ENXIO}
 
 
 class ImageSource:
@@ -112,16 +111,27 @@ class ImageSource:
 
     def _read_local(self, uri: str, path: Path) -> bytes:
         try:
-            with path.open("rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size > self.max_bytes:
-                    raise Rejected("image_too_large", f"{uri} is {size} bytes")
-                return f.read()
+            # O_NONBLOCK: a FIFO or a device under a root must not block the open (a FIFO with
+            # no writer would hang the decode pool, and with it the partition, for good).
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise Rejected("image_not_found", f"{uri} is not a regular file")
+                if st.st_size > self.max_bytes:
+                    raise Rejected("image_too_large", f"{uri} is {st.st_size} bytes")
+                data = f.read(self.max_bytes + 1)
+            if len(data) > self.max_bytes:  # it grew after the stat
+                raise Rejected("image_too_large", f"{uri} is above {self.max_bytes} bytes")
+            return data
         except _NOT_FOUND as exc:
             raise Rejected("image_not_found", f"{uri}: {exc.strerror}") from exc
         except PermissionError as exc:
             raise Rejected("uri_not_allowed", f"{uri}: permission denied") from exc
-        except OSError as exc:  # EIO, ESTALE on a network volume: worth another try
+        except OSError as exc:
+            if exc.errno in _PERMANENT_ERRNO:
+                raise Rejected("image_not_found", f"{uri}: {exc.strerror}") from exc
+            # EIO, ESTALE on a network volume: worth another try.
             raise TransientError(f"{uri}: {exc}") from exc
 
     def _read_remote(self, uri: str) -> bytes:

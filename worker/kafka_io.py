@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import CorruptRecordError, KafkaError
 
 from worker.settings import WorkerSettings
 
@@ -55,6 +56,26 @@ def build_producer(s: WorkerSettings) -> KafkaProducer:
         acks="all",
         retries=10,
         linger_ms=5,
-        max_request_size=s.max_message_bytes + 64 * 1024,
+        max_request_size=s.max_publish_bytes + 64 * 1024,  # the binding check is our own
         **client_options(s),
     )
+
+
+def unreadable_position(consumer: KafkaConsumer, exc: BaseException) -> tuple[Any, int] | None:
+    """Where the record lies that made `poll` raise `exc` while decoding it, or None when the
+    exception is not a record-decoding one.
+
+    kafka-python (3.x) decodes records lazily inside `poll`; a record it cannot decode (a
+    header key that is not UTF-8, a failed checksum) raises there, and again on every later
+    poll and after every restart, since the position stays on it. The partition being decoded
+    and the offset of the failing record stay on the fetcher (`_next_partition_records`):
+    private, so a test pins this against the installed version.
+    """
+    if isinstance(exc, KafkaError) and not isinstance(exc, CorruptRecordError):
+        return None  # the connection's or the group's problem, not a record's
+    part = getattr(getattr(consumer, "_fetcher", None), "_next_partition_records", None)
+    tp = getattr(part, "topic_partition", None)
+    offset = getattr(part, "next_fetch_offset", None)
+    if tp is None or offset is None:
+        return None
+    return tp, int(offset)

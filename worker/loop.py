@@ -30,12 +30,18 @@ from model.blob_store import BlobStore
 from model.records import RecordStore, RecordStoreUnavailable
 from schemas import OperatorLabel
 from schemas.records import InspectionRecord
+from worker.breaker import CrashBreaker
+from worker.dead_letters import DeadLetterWriter
 from worker.endpoints import Health
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource
+from worker.intake import RecordLimits
+from worker.kafka_io import unreadable_position
 from worker.metrics import WorkerMetrics
 from worker.models import ModelRouter
 from worker.pipeline import BatchProcessor, Outgoing, Pending, admit
+from worker.publisher import Publisher
+from worker.rejected import Rejected
 from worker.settings import WorkerSettings
 
 T = TypeVar("T")
@@ -72,19 +78,45 @@ class Worker:
         assert settings.results_topic and settings.dlq_topic  # filled in by the settings
         self.router = router
         self.records = records
+        self.limits = RecordLimits(
+            max_value_bytes=settings.max_message_bytes,
+            max_json_depth=settings.max_json_depth,
+            max_number_chars=settings.max_number_chars,
+            max_attributes_bytes=settings.max_attributes_bytes,
+        )
+        dead_letters = DeadLetterWriter(
+            settings.dlq_topic,
+            settings.instance_id,
+            BlobStore(settings.dead_letter_store),
+            settings.max_publish_bytes,
+            retry=self.retry,
+        )
         self.processor = BatchProcessor(
             router,
             heatmaps,
             self.pool,
             settings.results_topic,
-            settings.dlq_topic,
-            settings.instance_id,
+            dead_letters,
             retry=self.retry,
             archive=BlobStore(settings.image_archive) if settings.image_archive else None,
+            max_publish_bytes=settings.max_publish_bytes,
+            image_wait_s=settings.transient_retry_s + 60,
+        )
+        self.publisher = Publisher(
+            producer,
+            settings.publish_give_up_s,
+            lambda o, r, spill: self.processor.dead_letter(o.source, r, spill),  # type: ignore[arg-type]
+            metrics,
+            health,
+            self.log,
+        )
+        self.breaker = CrashBreaker(
+            records, settings.group_id, settings.instance_id, settings.poison_after, self.log
         )
         self.pending: list[Pending] = []
         self.deadline: float | None = None
         self.stopping = threading.Event()
+        self.failed = False  # the loop raised: the listener must not touch the batch
         self.batches = 0
         health.model_loaded = True
         self._publish_model_state()
@@ -112,6 +144,17 @@ class Worker:
             if self.pending:
                 self.log.info("draining batch in flight", records=len(self.pending))
                 self.flush()
+        except BaseException:
+            # A fault of the loop itself (no record's: those are dead letters). Say so first,
+            # with this traceback: closing the consumer below runs the revocation listener,
+            # which must not try to finish the batch (it is left uncommitted: redelivered).
+            self.log.exception(
+                "consume loop failed: exiting, batch in flight left uncommitted (redelivered)",
+                records=len(self.pending),
+            )
+            self.pending, self.deadline = [], None
+            self.failed = True
+            raise
         finally:
             self.close()
 
@@ -123,10 +166,14 @@ class Worker:
 
     def close(self) -> None:
         self.router.close()
-        self.pool.shutdown(wait=True, cancel_futures=True)
         try:
-            self.consumer.close(autocommit=False)  # leave the group: a fast rebalance
+            # Leave the group (a fast rebalance) while the pool still runs: the revocation
+            # listener may finish a drained batch on it.
+            self.consumer.close(autocommit=False)
+        except Exception:
+            self.log.exception("consumer close failed")
         finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.producer.close(timeout=10)
         self.health.partitions = 0
         self.log.info("closed", batches=self.batches)
@@ -140,14 +187,95 @@ class Worker:
         else:
             timeout_ms = IDLE_POLL_MS
         room = self.s.max_batch - len(self.pending)
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=room)
-        for records in polled.values():
-            for r in records:
-                self.metrics.consumed.inc()
-                if self.deadline is None:
-                    self.deadline = time.monotonic() + self.s.max_wait_ms / 1000
-                p = Pending(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
-                self.pending.append(admit(p, self.source, self.pool, self.s.feedback_topic))
+        polled = self._poll(timeout_ms, room)
+        batch: list[Any] = []
+        alone: list[Any] = []
+        for tp, records in polled.items():
+            if self.breaker.is_suspect(tp, records[0].offset):
+                # Left behind by a worker that died with it in flight: this one alone.
+                alone.append(records[0])
+                if len(records) > 1:
+                    self.consumer.seek(tp, records[1].offset)  # the rest read again later
+            else:
+                batch.extend(records)
+        if batch:
+            self._mark(batch)
+            for r in batch:
+                self._admit(r)
+        for r in alone:
+            self._process_alone(r)
+
+    def _poll(self, timeout_ms: int, room: int) -> dict[TopicPartition, list[Any]]:
+        """The consumer's poll; a record the client cannot decode (a header key that is not
+        UTF-8, a failed checksum) becomes its dead letter and is stepped over, instead of the
+        exception that would otherwise be raised again on every poll and every restart."""
+        try:
+            return self.consumer.poll(timeout_ms=timeout_ms, max_records=room)
+        except Exception as exc:
+            where = unreadable_position(self.consumer, exc)
+            if where is None:
+                raise
+            tp, offset = where
+            self.log.error(
+                "unreadable record: dead-lettered",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                error=str(exc)[:300],
+            )
+            p = Pending(tp.topic, tp.partition, offset, None, None, [])
+            p.rejection = Rejected.from_exception("unreadable_record", exc)
+            self.consumer.seek(tp, offset + 1)
+            self.metrics.consumed.inc()
+            if self.deadline is None:
+                self.deadline = time.monotonic() + self.s.max_wait_ms / 1000
+            self.pending.append(p)
+            return {}
+
+    def _mark(self, records: list[Any]) -> None:
+        """In-flight markers for what is pending plus `records`, before any of it is fetched."""
+        ranges: dict[TopicPartition, tuple[int, int]] = {}
+        for p in [*self.pending, *records]:
+            tp = TopicPartition(p.topic, p.partition)
+            lo, hi = ranges.get(tp, (p.offset, p.offset))
+            ranges[tp] = (min(lo, p.offset), max(hi, p.offset))
+        self.breaker.mark_batch(ranges)
+
+    def _admit(self, r: Any) -> None:
+        self.metrics.consumed.inc()
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.s.max_wait_ms / 1000
+        p = Pending(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
+        self.pending.append(admit(p, self.source, self.pool, self.s.feedback_topic, self.limits))
+
+    def _process_alone(self, r: Any) -> None:
+        """A suspect record in a batch of its own, under its own marker; dead-lettered as
+        `poison` once it has been in flight for `poison_after` crashes."""
+        if self.pending:
+            self.flush()  # what was collected so far goes first, without it
+        tp = TopicPartition(r.topic, r.partition)
+        crashes = self.breaker.crashes(tp, r.offset)
+        if self.breaker.is_poison(tp, r.offset):
+            self.metrics.consumed.inc()
+            p = Pending(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
+            p.rejection = Rejected(
+                "poison",
+                f"in flight when a worker died {crashes} times (limit {self.s.poison_after}); "
+                "not processed again",
+            )
+            self.metrics.poisoned.inc()
+            self.log.error(
+                "poison record: dead-lettered without processing",
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                crashes=crashes,
+            )
+            self.pending = [p]
+        else:
+            self.breaker.mark_alone(tp, r.offset)
+            self._admit(r)
+        self.flush()
 
     def _batch_due(self) -> bool:
         if not self.pending:
@@ -181,7 +309,7 @@ class Worker:
         t0 = time.perf_counter()
         outgoing = self.processor.process(batch)
         t1 = time.perf_counter()
-        self._publish(outgoing)
+        outgoing = self.publisher.publish(outgoing)
         t2 = time.perf_counter()
         labels = [p.label for p in batch if p.label is not None]
         durable = self._write_records(outgoing, labels, in_listener)
@@ -195,45 +323,6 @@ class Worker:
             tp = TopicPartition(p.topic, p.partition)
             next_offsets[tp] = max(next_offsets.get(tp, -1), p.offset + 1)
         return {tp: OffsetAndMetadata(o, "", -1) for tp, o in next_offsets.items()}
-
-    def _publish(self, outgoing: list[Outgoing]) -> None:
-        """Send every record and wait for the broker's acknowledgement; resend what failed."""
-        remaining = outgoing
-        delay = 0.2
-        while remaining:
-            futures = []
-            failed: list[Outgoing] = []
-            for o in remaining:
-                try:
-                    futures.append(
-                        (
-                            o,
-                            self.producer.send(
-                                o.topic, key=o.key, value=o.value, headers=o.headers
-                            ),
-                        )
-                    )
-                except KafkaError as exc:
-                    self.log.warning("send failed", event_id=o.event_id, error=str(exc))
-                    failed.append(o)
-            try:
-                self.producer.flush(timeout=30)
-            except KafkaError as exc:
-                self.log.warning("flush timed out", error=str(exc))
-            for o, fut in futures:
-                try:
-                    fut.get(timeout=30)
-                except KafkaError as exc:
-                    self.log.warning("publish failed", event_id=o.event_id, error=str(exc))
-                    failed.append(o)
-            remaining = failed
-            if remaining:
-                # The broker is unreachable or refusing: keep the batch, keep trying. Nothing is
-                # committed meanwhile, so even a crash here loses nothing.
-                self.metrics.retries.labels(stage="publish").inc()
-                self.health.beat()
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     def _write_records(
         self, outgoing: list[Outgoing], labels: list[OperatorLabel], in_listener: bool
@@ -317,12 +406,18 @@ class Worker:
         self.log.warning("commit rejected by the group", error=str(exc))
 
     def retry(self, stage: str, fn: Callable[[], T]) -> T:
-        """Run fn until it stops raising OSError (a store that is briefly unavailable)."""
+        """Run fn while it raises OSError (a store that is briefly unavailable), for at most
+        `transient_retry_s`; then the record it was for is dead-lettered as
+        `transient_retries_exhausted` (kept, replayable), so one store cannot stall the
+        partition for good."""
         delay = 0.2
+        deadline = time.monotonic() + self.s.transient_retry_s
         while True:
             try:
                 return fn()
             except OSError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise Rejected.from_exception("transient_retries_exhausted", exc) from exc
                 self.metrics.retries.labels(stage=stage).inc()
                 self.log.warning("transient failure, retrying", stage=stage, error=str(exc))
                 self.health.beat()
@@ -370,10 +465,17 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         w = self.w
         w.health.partitions = 0
         w.metrics.partitions.set(0)
-        if not w.pending:
+        w.breaker.forget(revoked)
+        if not w.pending or w.failed:
             return
         w.log.info("partitions revoked: finishing batch in flight", records=len(w.pending))
-        offsets = w._process_and_publish(in_listener=True)
+        try:
+            offsets = w._process_and_publish(in_listener=True)
+        except Exception:
+            # Raised here it would surface only as "User rebalance callback throws an error";
+            # the batch stays uncommitted and is redelivered to the next owner.
+            w.log.exception("finishing the batch on revocation failed: left uncommitted")
+            return
         if not offsets:
             return
         try:

@@ -62,6 +62,16 @@ class WorkerMetrics:
         self.partitions = Gauge(
             "grad_assigned_partitions", "Input partitions assigned to this worker", registry=r
         )
+        self.publish_failing = Gauge(
+            "grad_publish_failing",
+            "1 while a batch's results or dead letters keep being refused (retrying)",
+            registry=r,
+        )
+        self.poisoned = Counter(
+            "grad_poison_records",
+            "Records dead-lettered by the crash-loop breaker without being processed again",
+            registry=r,
+        )
         self.ready = Gauge("grad_ready", "1 when model loaded and partitions assigned", registry=r)
 
     def set_models(self, active: str, canaries: set[str]) -> None:

@@ -3,70 +3,41 @@
 Kafka-free: the loop (`worker.loop`) feeds it records and publishes what it returns, so every
 decision about a record (result or dead letter, and why) is made here and tested without a
 broker. Each record yields exactly one outgoing record.
+
+The per-record boundary: every step that handles one record (parsing in `admit`, fetching and
+decoding in the pool, its share of the forward pass, its heatmap, building its result) runs
+inside a `try` that turns whatever it raises into that record's `Rejected`, and so into its dead
+letter (`processing_error` with the exception's type and message, when nothing more specific
+applies). A forward pass that raises for a batch is retried image by image, so one image cannot
+take its batch with it. Only the steps that belong to the whole batch (grouping, bookkeeping)
+run outside it: an error there is the program's, and stops the worker loudly.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import ValidationError
 
 from model.blob_store import BlobStore, event_key, image_suffix
 from model.inference import Verdict
-from schemas import (
-    EVENT_SCHEMA_VERSION,
-    DeadLetter,
-    InspectionEvent,
-    InspectionResult,
-    OperatorLabel,
-)
+from schemas import InspectionEvent, InspectionResult, OperatorLabel
 from schemas.events import StageTimings
+from worker.dead_letters import DeadLetterWriter
 from worker.heatmaps import HeatmapStore
-from worker.image_source import ImageSource, Rejected
+from worker.image_source import ImageSource
+from worker.intake import RecordLimits, parse_event, parse_label
 from worker.models import ModelRouter
+from worker.rejected import Rejected
 
-M = TypeVar("M", InspectionEvent, OperatorLabel)
-
-
-def _parse(value: bytes | None, model: type[M], invalid: str) -> M:
-    if value is None:
-        raise Rejected("invalid_json", "record has no value (tombstone)")
-    try:
-        data = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Rejected("invalid_json", str(exc)) from exc
-    if not isinstance(data, dict):
-        raise Rejected("invalid_json", f"expected a JSON object, got {type(data).__name__}")
-    version = data.get("schema_version")
-    if version != EVENT_SCHEMA_VERSION:
-        raise Rejected(
-            "unknown_schema_version",
-            f"schema_version {version!r}; this worker reads {EVENT_SCHEMA_VERSION}",
-        )
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
-        )
-        raise Rejected(invalid, errors) from exc
-
-
-def parse_event(value: bytes | None) -> InspectionEvent:
-    """The event in a record's value, or `Rejected` saying what is wrong with it."""
-    return _parse(value, InspectionEvent, "invalid_event")
-
-
-def parse_label(value: bytes | None) -> OperatorLabel:
-    """An operator label from the feedback topic, or `Rejected`."""
-    return _parse(value, OperatorLabel, "invalid_label")
+T = TypeVar("T")
 
 
 @dataclass
@@ -102,9 +73,18 @@ class Outgoing:
     verdict: str | None = None
     result: InspectionResult | None = None  # what is recorded in SQL, for a result
     image_uri: str | None = None
+    source: Pending | None = None  # the consumed record (to dead-letter it after all)
+    spilled: bool = False  # a dead letter whose original is in the dead-letter store
+
+
+def record_size(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> int:
+    """Bytes a record takes on the wire, generously: what the publish limit is checked on."""
+    overhead = 96 + sum(16 + len(k.encode()) + len(v or b"") for k, v in headers)
+    return overhead + len(key or b"") + len(value)
 
 
 def _timed_load(source: ImageSource, event: InspectionEvent, p: Pending) -> np.ndarray:
+    """Fetch and decode in the pool; any failure is this record's `Rejected`."""
     t0 = time.perf_counter()
     try:
         data = source.fetch(event)
@@ -112,24 +92,56 @@ def _timed_load(source: ImageSource, event: InspectionEvent, p: Pending) -> np.n
         if event.image_b64 is not None:
             p.inline_bytes = data  # archived with the results, so retraining can read it back
         return img
+    except Rejected:
+        raise
+    except Exception as exc:  # MemoryError, a codec's own error: the record's, not the loop's
+        raise Rejected.from_exception("processing_error", exc) from exc
     finally:
         p.fetch_ms = (time.perf_counter() - t0) * 1000
 
 
 def admit(
-    p: Pending, source: ImageSource, pool: Executor, feedback_topic: str | None = None
+    p: Pending,
+    source: ImageSource,
+    pool: Executor,
+    feedback_topic: str | None = None,
+    limits: RecordLimits | None = None,
 ) -> Pending:
-    """Parse now; start fetching and decoding in the pool, off the polling thread."""
+    """Parse now; start fetching and decoding in the pool, off the polling thread. Whatever
+    parsing raises is the record's rejection (its dead letter), never the caller's exception."""
     try:
         if p.topic == feedback_topic:
-            p.label = parse_label(p.value)
+            p.label = parse_label(p.value, limits)
             return p
-        p.event = parse_event(p.value)
+        p.event = parse_event(p.value, limits)
     except Rejected as r:
         p.rejection = r
         return p
+    except Exception as exc:
+        p.rejection = Rejected.from_exception("processing_error", exc)
+        return p
     p.image = pool.submit(_timed_load, source, p.event, p)
     return p
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run one record's step; what it raises becomes the record's `Rejected`."""
+    try:
+        return fn()
+    except Rejected:
+        raise
+    except Exception as exc:
+        raise Rejected.from_exception("processing_error", exc) from exc
+
+
+@dataclass
+class _Scored:
+    """One image's share of the forward pass."""
+
+    verdict: Verdict
+    amap: np.ndarray
+    version: str
+    group_size: int
 
 
 class BatchProcessor:
@@ -141,151 +153,202 @@ class BatchProcessor:
         heatmaps: HeatmapStore,
         pool: Executor,
         results_topic: str,
-        dlq_topic: str,
-        instance_id: str,
+        dead_letters: DeadLetterWriter,
         retry: Callable[[str, Callable[[], Any]], Any],
         archive: BlobStore | None = None,
+        max_publish_bytes: int = 1_000_000,
+        image_wait_s: float | None = None,
     ) -> None:
         self.router = router
         self.heatmaps = heatmaps
         self.pool = pool
         self.results_topic = results_topic
-        self.dlq_topic = dlq_topic
-        self.instance_id = instance_id
-        self.retry = retry  # retry(stage, fn): runs fn until it stops raising a transient error
+        self.dead_letters = dead_letters
+        # retry(stage, fn): runs fn while it raises a transient error, for a bounded time, then
+        # raises `Rejected("transient_retries_exhausted")`.
+        self.retry = retry
         self.archive = archive  # where inline images are kept (they have no URI of their own)
+        self.max_publish_bytes = max_publish_bytes
+        # How long a batch waits for one image's fetch and decode. A store that never answers
+        # (a hung connection) would otherwise hold the partition for good; the loop stops
+        # beating meanwhile, so under an orchestrator liveness restarts the worker first and
+        # the crash-loop breaker takes over.
+        self.image_wait_s = image_wait_s
 
     def process(self, batch: list[Pending]) -> list[Outgoing]:
         """One outgoing record per inspection event or rejected record; labels have none (the
         loop records them)."""
         t_start = time.monotonic()
-        images: list[np.ndarray] = []
-        scored: list[int] = []
+        images: dict[int, np.ndarray] = {}
         for i, p in enumerate(batch):
             if p.image is not None:
                 try:
-                    images.append(p.image.result())
-                    scored.append(i)
+                    images[i] = p.image.result(timeout=self.image_wait_s)
                 except Rejected as r:
                     p.rejection = r
-        out: dict[int, Outgoing] = {
-            i: self.dead_letter(p, p.rejection)
-            for i, p in enumerate(batch)
-            if p.rejection is not None
-        }
-        if scored:
-            results = self._score([batch[i] for i in scored], images, t_start)
-            out.update(zip(scored, results, strict=True))
+                except FutureTimeout:
+                    p.rejection = Rejected(
+                        "transient_retries_exhausted",
+                        f"fetching and decoding the image took over {self.image_wait_s:.0f} s",
+                    )
+                except Exception as exc:  # the pool itself failed on this record
+                    p.rejection = Rejected.from_exception("processing_error", exc)
+        out: dict[int, Outgoing] = {}
+        if images:
+            idx = list(images)
+            t0 = time.perf_counter()
+            scored = self._infer([batch[i] for i in idx], [images[i] for i in idx])
+            infer_ms = (time.perf_counter() - t0) * 1000
+            t0 = time.perf_counter()
+            stored = list(self.pool.map(self._store, [batch[i] for i in idx], scored))
+            heatmap_ms = (time.perf_counter() - t0) * 1000
+            now = datetime.now(timezone.utc)
+            for i, sc, st in zip(idx, scored, stored, strict=True):
+                p = batch[i]
+                try:
+                    if isinstance(sc, Rejected):
+                        raise sc
+                    if isinstance(st, Rejected):
+                        raise st
+                    timings = (t_start - p.consumed_at, p.fetch_ms, infer_ms, heatmap_ms)
+                    out[i] = _guard(
+                        lambda p=p, sc=sc, st=st, tm=timings: self._result(p, sc, st, now, tm)
+                    )
+                except Rejected as r:
+                    p.rejection = r
+        for i, p in enumerate(batch):
+            if p.rejection is not None:
+                out[i] = self.dead_letter(p, p.rejection)
         return [out[i] for i in range(len(batch)) if i in out]
 
-    def _score(
-        self, scored: list[Pending], images: list[np.ndarray], t_start: float
-    ) -> list[Outgoing]:
-        events = [p.event for p in scored if p.event is not None]
-        assert len(events) == len(scored)
-        n = len(events)
-        # One forward pass per model version in use (one, except while a class is on a canary).
-        routes = [self.router.route(ev.product_class) for ev in events]
+    def dead_letter(self, p: Pending, r: Rejected, spill: bool = False) -> Outgoing:
+        return self.dead_letters.write(p, r, spill=spill)
+
+    # -- the forward pass --------------------------------------------------------------------
+
+    def _infer(self, scored: list[Pending], images: list[np.ndarray]) -> list[_Scored | Rejected]:
+        """One forward pass per model version in use (one, except while a class is on a
+        canary); a pass that raises is retried image by image, so only the image that cannot
+        be scored is rejected."""
+        events = [p.event for p in scored]
+        assert all(ev is not None for ev in events)
+        classes = [ev.product_class for ev in events if ev is not None]
+        routes = [self.router.route(c) for c in classes]
         groups: dict[str, list[int]] = {}
         for k, route in enumerate(routes):
             groups.setdefault(route.version, []).append(k)
-        verdicts: list[Verdict] = [None] * n  # type: ignore[list-item]
-        maps: list[np.ndarray] = [None] * n  # type: ignore[list-item]
-        group_size = [0] * n
-        t0 = time.perf_counter()
+        out: list[_Scored | Rejected] = [Rejected("processing_error", "not scored")] * len(events)
         for version, idx in groups.items():
-            overrides = {
-                events[k].product_class: cal for k in idx if (cal := routes[k].calibration)
-            }
-            res = self.router.inspector(version).inspect(
-                [images[k] for k in idx], [events[k].product_class for k in idx], overrides
-            )
-            for j, k in enumerate(idx):
-                verdicts[k], maps[k], group_size[k] = res.verdicts[j], res.maps[j], len(idx)
-        infer_ms = (time.perf_counter() - t0) * 1000
-
-        t0 = time.perf_counter()
-
-        def store(k: int) -> tuple[str, str | None]:
-            ev = events[k]
-            heatmap = self.retry(
-                "heatmap",
-                lambda: self.heatmaps.write(
-                    ev.event_id,
-                    maps[k],
-                    {"score": repr(verdicts[k].score), "model_version": routes[k].version},
-                ),
-            )
-            image_uri = ev.image_uri
-            data = scored[k].inline_bytes
-            if image_uri is None and data is not None and self.archive is not None:
-                key = event_key(ev.event_id, image_suffix(data))
-                image_uri = self.retry("archive", lambda: self.archive.put(key, data))
-            return heatmap, image_uri
-
-        stored = list(self.pool.map(store, range(n)))
-        uris = [h for h, _ in stored]
-        heatmap_ms = (time.perf_counter() - t0) * 1000
-
-        now = datetime.now(timezone.utc)
-        outgoing = []
-        for k, (p, ev, v, uri) in enumerate(zip(scored, events, verdicts, uris, strict=True)):
-            result = InspectionResult(
-                event_id=ev.event_id,
-                line=ev.line,
-                station=ev.station,
-                product_class=ev.product_class,
-                captured_at=ev.captured_at,
-                score=v.score,
-                threshold=v.threshold,
-                confidence=v.confidence,
-                is_anomalous=v.is_anomalous,
-                calibrated=v.calibrated,
-                heatmap_uri=uri,
-                model_version=routes[k].version,
-                processed_at=now,
-                timings=StageTimings(
-                    queue_ms=(t_start - p.consumed_at) * 1000,
-                    fetch_decode_ms=p.fetch_ms,
-                    infer_ms=infer_ms,
-                    heatmap_ms=heatmap_ms,
-                    batch_size=group_size[k],
-                ),
-                attributes=ev.attributes,
-            )
-            outgoing.append(
-                Outgoing(
-                    topic=self.results_topic,
-                    key=p.key if p.key is not None else ev.event_id.encode(),
-                    value=result.model_dump_json().encode(),
-                    headers=[("event_id", ev.event_id.encode())],
-                    event_id=ev.event_id,
-                    kind="result",
-                    captured_at=ev.captured_at,
-                    verdict="anomalous" if v.is_anomalous else "normal",
-                    result=result,
-                    image_uri=stored[k][1],
+            try:
+                res = self._pass(
+                    version,
+                    [images[k] for k in idx],
+                    [classes[k] for k in idx],
+                    [routes[k] for k in idx],
                 )
-            )
-        return outgoing
+                for j, k in enumerate(idx):
+                    out[k] = _Scored(res.verdicts[j], res.maps[j], version, len(idx))
+            except Exception:
+                for k in idx:
+                    try:
+                        res = self._pass(version, [images[k]], [classes[k]], [routes[k]])
+                        out[k] = _Scored(res.verdicts[0], res.maps[0], version, 1)
+                    except Exception as exc:
+                        out[k] = Rejected.from_exception("processing_error", exc)
+        return out
 
-    def dead_letter(self, p: Pending, r: Rejected) -> Outgoing:
-        dl = DeadLetter(
-            reason=r.reason,  # type: ignore[arg-type]
-            detail=r.detail[:2000],
-            source_topic=p.topic,
-            source_partition=p.partition,
-            source_offset=p.offset,
-            event_id=p.event.event_id if p.event is not None else None,
-            worker=self.instance_id,
-            failed_at=datetime.now(timezone.utc),
+    def _pass(self, version: str, images: list[np.ndarray], classes: list[str], routes: list):
+        overrides = {c: cal for c, r in zip(classes, routes, strict=True) if (cal := r.calibration)}
+        res = self.router.inspector(version).inspect(images, classes, overrides)
+        for v in res.verdicts:
+            if not math.isfinite(v.score):
+                raise FloatingPointError(f"the model scored {v.score} (not a finite number)")
+        return res
+
+    # -- per record --------------------------------------------------------------------------
+
+    def _store(self, p: Pending, sc: _Scored | Rejected) -> tuple[str, str | None] | Rejected:
+        """Heatmap (and, for an inline image, the image itself) in the stores; runs in the
+        pool, so it returns its rejection instead of raising it."""
+        if isinstance(sc, Rejected):
+            return sc
+        ev = p.event
+        assert ev is not None
+        try:
+            return _guard(lambda: self._write_blobs(p, ev, sc))
+        except Rejected as r:
+            return r
+
+    def _write_blobs(self, p: Pending, ev: InspectionEvent, sc: _Scored) -> tuple[str, str | None]:
+        heatmap = self.retry(
+            "heatmap",
+            lambda: self.heatmaps.write(
+                ev.event_id,
+                sc.amap,
+                {"score": repr(sc.verdict.score), "model_version": sc.version},
+            ),
         )
-        original = [(k, v) for k, v in p.headers if not k.startswith("dlq.")]
+        image_uri = ev.image_uri
+        data = p.inline_bytes
+        if image_uri is None and data is not None and self.archive is not None:
+            key = event_key(ev.event_id, image_suffix(data))
+            archive = self.archive
+            image_uri = self.retry("archive", lambda: archive.put(key, data))
+        return heatmap, image_uri
+
+    def _result(
+        self,
+        p: Pending,
+        sc: _Scored,
+        stored: tuple[str, str | None],
+        now: datetime,
+        timings: tuple[float, float, float, float],
+    ) -> Outgoing:
+        ev, v = p.event, sc.verdict
+        assert ev is not None
+        queue_s, fetch_ms, infer_ms, heatmap_ms = timings
+        result = InspectionResult(
+            event_id=ev.event_id,
+            line=ev.line,
+            station=ev.station,
+            product_class=ev.product_class,
+            captured_at=ev.captured_at,
+            score=v.score,
+            threshold=v.threshold,
+            confidence=v.confidence,
+            is_anomalous=v.is_anomalous,
+            calibrated=v.calibrated,
+            heatmap_uri=stored[0],
+            model_version=sc.version,
+            processed_at=now,
+            timings=StageTimings(
+                queue_ms=queue_s * 1000,
+                fetch_decode_ms=fetch_ms,
+                infer_ms=infer_ms,
+                heatmap_ms=heatmap_ms,
+                batch_size=sc.group_size,
+            ),
+            attributes=ev.attributes,
+        )
+        key = p.key if p.key is not None else ev.event_id.encode()
+        value = result.model_dump_json().encode()
+        headers = [("event_id", ev.event_id.encode())]
+        size = record_size(key, value, headers)
+        if size > self.max_publish_bytes:
+            raise Rejected(
+                "result_too_large",
+                f"its result is {size} bytes, above the publish limit {self.max_publish_bytes}",
+            )
         return Outgoing(
-            topic=self.dlq_topic,
-            key=p.key,
-            value=p.value if p.value is not None else b"",
-            headers=original + dl.to_headers(),
-            event_id=dl.event_id,
-            kind=r.reason,
+            topic=self.results_topic,
+            key=key,
+            value=value,
+            headers=headers,
+            event_id=ev.event_id,
+            kind="result",
+            captured_at=ev.captured_at,
+            verdict="anomalous" if v.is_anomalous else "normal",
+            result=result,
+            image_uri=stored[1],
+            source=p,
         )

@@ -49,8 +49,31 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_ms: PositiveInt = 3_000
     # A batch (decode, forward pass, heatmaps, publish) must finish well inside this.
     max_poll_interval_ms: PositiveInt = 300_000
-    # Largest record the worker reads or writes (inline images, and their dead letters).
+    # Largest record the worker reads (an event with an inline image); a larger value is
+    # dead-lettered as `limit_exceeded` without being parsed.
     max_message_bytes: PositiveInt = 16 * MiB
+    # Largest record the worker publishes (key, value and headers): set it to the cluster's
+    # `message.max.bytes` / the topics' `max.message.bytes` (Kafka's default is 1,048,588 bytes;
+    # this leaves room for the batch overhead). A dead letter above it is published with its
+    # original kept in `dead_letter_store` instead; a result above it is dead-lettered.
+    max_publish_bytes: Annotated[int, Field(ge=64 * 1024)] = 1_000_000
+    # How long the broker may refuse a record for a reason retrying cannot cure (too large, an
+    # invalid record) before it is dead-lettered; refusals that can be cured (broker down, no
+    # leader) are retried for ever, and show in /readyz and grad_publish_failing.
+    publish_give_up_s: float = Field(default=30.0, gt=0)
+    # Where an original record too large for the dead-letter topic is kept.
+    dead_letter_store: str = "dead-letters"
+
+    # Limits on a record before it is parsed (worker.intake): each a dead letter
+    # `limit_exceeded` when passed.
+    max_json_depth: Annotated[int, Field(ge=4, le=1000)] = 32
+    max_number_chars: Annotated[int, Field(ge=20, le=4000)] = 64
+    max_attributes_bytes: Annotated[int, Field(ge=0)] = 64 * 1024
+
+    # Crash-loop breaker: a record in flight when a worker died this many times is dead-lettered
+    # as `poison` instead of being processed again (markers in the inspection database; off
+    # when recording is off).
+    poison_after: Annotated[int, Field(ge=1, le=100)] = 3
 
     # Model. The active model comes from the state store; `checkpoint` (a path or an fsspec URL)
     # seeds an empty store, and is served alone when the store cannot be reached at start.
@@ -120,6 +143,11 @@ class WorkerSettings(BaseSettings):
             self.feedback_topic = f"{self.topic}.feedback"
         elif self.feedback_topic == "-":
             self.feedback_topic = None
+        if self.max_attributes_bytes > self.max_publish_bytes // 2:
+            raise ValueError(
+                "max_attributes_bytes must stay below half of max_publish_bytes, so every "
+                "result fits under the publish limit"
+            )
         if self.security_protocol.startswith("SASL") and not (
             self.sasl_mechanism and self.sasl_username and self.sasl_password
         ):
