@@ -75,7 +75,6 @@ def processor(router, tmp_path: Path, heatmaps: str | None = None, max_bytes: in
         "line.results",
         dlw,
         retry=bounded_retry(),
-        max_publish_bytes=max_bytes,
     )
 
 

@@ -99,7 +99,6 @@ class Worker:
             dead_letters,
             retry=self.retry,
             archive=BlobStore(settings.image_archive) if settings.image_archive else None,
-            max_publish_bytes=settings.max_publish_bytes,
             image_wait_s=settings.transient_retry_s + 60,
         )
         self.publisher = Publisher(
@@ -226,10 +225,7 @@ class Worker:
             p = Pending(tp.topic, tp.partition, offset, None, None, [])
             p.rejection = Rejected.from_exception("unreadable_record", exc)
             self.consumer.seek(tp, offset + 1)
-            self.metrics.consumed.inc()
-            if self.deadline is None:
-                self.deadline = time.monotonic() + self.s.max_wait_ms / 1000
-            self.pending.append(p)
+            self._queue(p)
             return {}
 
     def _mark(self, records: list[Any]) -> None:
@@ -242,11 +238,17 @@ class Worker:
         self.breaker.mark_batch(ranges)
 
     def _admit(self, r: Any) -> None:
+        """Parse now, fetch and decode in the pool, into the pending batch."""
+        self._queue(
+            admit(Pending.of(r), self.source, self.pool, self.s.feedback_topic, self.limits)
+        )
+
+    def _queue(self, p: Pending) -> None:
+        """Into the pending batch; the first record starts the batch's clock."""
         self.metrics.consumed.inc()
         if self.deadline is None:
             self.deadline = time.monotonic() + self.s.max_wait_ms / 1000
-        p = Pending(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
-        self.pending.append(admit(p, self.source, self.pool, self.s.feedback_topic, self.limits))
+        self.pending.append(p)
 
     def _process_alone(self, r: Any) -> None:
         """A suspect record in a batch of its own, under its own marker; dead-lettered as
@@ -256,8 +258,7 @@ class Worker:
         tp = TopicPartition(r.topic, r.partition)
         crashes = self.breaker.crashes(tp, r.offset)
         if self.breaker.is_poison(tp, r.offset):
-            self.metrics.consumed.inc()
-            p = Pending(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers or []))
+            p = Pending.of(r)
             p.rejection = Rejected(
                 "poison",
                 f"in flight when a worker died {crashes} times (limit {self.s.poison_after}); "
@@ -271,7 +272,7 @@ class Worker:
                 offset=r.offset,
                 crashes=crashes,
             )
-            self.pending = [p]
+            self._queue(p)
         else:
             self.breaker.mark_alone(tp, r.offset)
             self._admit(r)

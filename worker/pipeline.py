@@ -58,6 +58,18 @@ class Pending:
     label: OperatorLabel | None = None  # a feedback record instead of an inspection event
     inline_bytes: bytes | None = None
 
+    @classmethod
+    def of(cls, record: Any) -> Pending:
+        """A consumed record (kafka-python's ConsumerRecord) as it enters a batch."""
+        return cls(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.value,
+            list(record.headers or []),
+        )
+
 
 @dataclass(frozen=True)
 class Outgoing:
@@ -156,7 +168,6 @@ class BatchProcessor:
         dead_letters: DeadLetterWriter,
         retry: Callable[[str, Callable[[], Any]], Any],
         archive: BlobStore | None = None,
-        max_publish_bytes: int = 1_000_000,
         image_wait_s: float | None = None,
     ) -> None:
         self.router = router
@@ -168,7 +179,6 @@ class BatchProcessor:
         # raises `Rejected("transient_retries_exhausted")`.
         self.retry = retry
         self.archive = archive  # where inline images are kept (they have no URI of their own)
-        self.max_publish_bytes = max_publish_bytes
         # How long a batch waits for one image's fetch and decode. A store that never answers
         # (a hung connection) would otherwise hold the partition for good; the loop stops
         # beating meanwhile, so under an orchestrator liveness restarts the worker first and
@@ -334,10 +344,11 @@ class BatchProcessor:
         value = result.model_dump_json().encode()
         headers = [("event_id", ev.event_id.encode())]
         size = record_size(key, value, headers)
-        if size > self.max_publish_bytes:
+        limit = self.dead_letters.max_publish_bytes  # one publish limit for every output
+        if size > limit:
             raise Rejected(
                 "result_too_large",
-                f"its result is {size} bytes, above the publish limit {self.max_publish_bytes}",
+                f"its result is {size} bytes, above the publish limit {limit}",
             )
         return Outgoing(
             topic=self.results_topic,
