@@ -32,11 +32,11 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from model.calibration import calibrate, lognormal_quantile
-from model.config import TrainConfig
 from model.data import split_heldout, test_items, train_images
 from model.evaluate import image_labels, score_items
 from model.images import read_image
 from model.inference import Inspector
+from model.net.config import TrainConfig
 
 # MAD of a normal sample times this estimates its standard deviation.
 MAD_TO_SD = 1.4826

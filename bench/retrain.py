@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 
 from model.artifacts import ArtifactStore
-from model.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.data import discover_classes
 from model.evaluate import evaluate
 from model.images import read_image
 from model.inference import Inspector
+from model.net.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.promotion import register
 from model.records import RecordStore, migrate
 from model.retrain import RetrainOptions, run

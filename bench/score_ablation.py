@@ -3,7 +3,7 @@
     python -m bench.score_ablation --ckpt runs/q40/model.safetensors \
         --data ../shared/data/industrial --classes magnetic_tile
 
-A diagnostic, not a change to the method: production scoring stays the spec's (model.scoring).
+A diagnostic, not a change to the method: production scoring stays the spec's (model.net.scoring).
 For each test image of the chosen classes it keeps the backbone features x, the decoder's
 normal reconstruction f_n and the refined x_hat, then computes image AUROC (overall and per
 defect type) for several image scores built from them:
@@ -35,7 +35,7 @@ from model.evaluate import METRIC_SIZE, at_metric_size, image_labels
 from model.images import read_image, read_mask, to_batch
 from model.inference import Inspector, autocast_for
 from model.metrics import auroc
-from model.scoring import distance_map, image_scores, smooth_map
+from model.net.scoring import distance_map, image_scores, smooth_map
 
 # Distances (B x 1 x 28 x 28) and smoothed maps (B x S x S), keyed "refined" / "unrefined".
 Views = dict[str, torch.Tensor]

@@ -47,7 +47,7 @@ def quick_model(out: Path) -> Path:
     if not ckpt.exists():
         script = (
             "import sys; from pathlib import Path\n"
-            "from model.config import TrainConfig\n"
+            "from model.net.config import TrainConfig\n"
             "from model.sample import make_sample\n"
             "from model.settings import ModelSettings\n"
             "from model.train import train\n"

@@ -20,10 +20,10 @@ import timm
 import torch
 from tqdm import tqdm
 
-from model.backbone import build_backbone, wrap_network
-from model.config import DECODERS, DEFAULT_VARIANT, HeadConfig
-from model.grad import GRADHead, count_trainable
 from model.inference import Inspector, autocast_for, head_scores, resolve_device
+from model.net.backbone import build_backbone, wrap_network
+from model.net.config import DECODERS, DEFAULT_VARIANT, HeadConfig
+from model.net.grad import GRADHead, count_trainable
 
 
 def untrained_head(channels: int, variant: str, device: torch.device, image_size: int) -> GRADHead:

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from model.backbone import FrozenBackbone
 from model.images import to_batch
+from model.net.backbone import FrozenBackbone
 from model.recorded_images import LoadedImage
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.config import TrainConfig
 from model.evaluate import evaluate, format_table
 from model.inference import Inspector
+from model.net.config import TrainConfig
 from model.sample import make_sample
 from model.settings import ModelSettings
 from model.train import train

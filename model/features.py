@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from model.backbone import FrozenBackbone
 from model.images import read_image, to_batch
+from model.net.backbone import FrozenBackbone
 
 
 def cache_key(backbone: FrozenBackbone, image_size: int, paths: list[Path]) -> str:

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from model.allocator import keep_activations_on_heap
-from model.backbone import FrozenBackbone, WeightsError, build_backbone
 from model.calibration import confidence
 from model.checkpoint import from_bytes, load_checkpoint
-from model.config import HeadConfig
-from model.grad import GRADHead
 from model.images import to_batch
-from model.scoring import score_features
+from model.net.backbone import FrozenBackbone, WeightsError, build_backbone
+from model.net.config import HeadConfig
+from model.net.grad import GRADHead
+from model.net.scoring import score_features
 from schemas import CheckpointMeta, ClassCalibration
 
 

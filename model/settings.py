@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.backbone import DEFAULT_BACKBONE
+from model.net.backbone import DEFAULT_BACKBONE
 
 
 class ModelSettings(BaseSettings):

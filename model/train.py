@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.backbone import BackboneInfo, build_backbone
 from model.calibration import calibrate, calibration_report
 from model.checkpoint import content_version, save_checkpoint
-from model.config import DECODERS, DEFAULT_VARIANT, HeadConfig, TrainConfig
 from model.data import split_heldout, train_images
 from model.features import cached_features
-from model.grad import GRADHead, count_trainable
 from model.inference import head_scores, resolve_device
-from model.refinement import derive_refine_threshold, mse_percentile, reconstruction_loss
+from model.net.backbone import BackboneInfo, build_backbone
+from model.net.config import DECODERS, DEFAULT_VARIANT, HeadConfig, TrainConfig
+from model.net.grad import GRADHead, count_trainable
+from model.net.refinement import derive_refine_threshold, mse_percentile, reconstruction_loss
 from model.settings import ModelSettings
 from schemas import CheckpointMeta
 

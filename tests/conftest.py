@@ -43,7 +43,7 @@ def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def lite0():
-    from model.backbone import build_backbone
+    from model.net.backbone import build_backbone
 
     return build_backbone()
 
@@ -58,7 +58,7 @@ def tiny_settings(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_ckpt(sample_data: Path, tiny_settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A GRAD model trained for two short epochs on the generated sample set."""
-    from model.config import TrainConfig
+    from model.net.config import TrainConfig
     from model.train import train
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
@@ -69,7 +69,7 @@ def tiny_ckpt(sample_data: Path, tiny_settings, tmp_path_factory: pytest.TempPat
 @pytest.fixture(scope="session")
 def tiny_ckpt_b(sample_data: Path, tiny_settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second, different model (another seed): the version a promotion switches to."""
-    from model.config import TrainConfig
+    from model.net.config import TrainConfig
     from model.train import train
 
     out = tmp_path_factory.mktemp("ckpt-b") / "tiny-b.safetensors"

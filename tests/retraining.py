@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from model.checkpoint import read_meta
-from model.config import TrainConfig
+from model.net.config import TrainConfig
 from model.settings import ModelSettings
 from model.train import train
 from schemas import CheckpointMeta

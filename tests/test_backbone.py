@@ -3,8 +3,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.backbone import WeightsError, build_backbone, load_imagenet_network
 from model.images import resize
+from model.net.backbone import WeightsError, build_backbone, load_imagenet_network
 
 # ImageNet classes 281-285: tabby, tiger cat, Persian, Siamese, Egyptian cat.
 CAT_CLASSES = set(range(281, 286))

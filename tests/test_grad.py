@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from model.config import HeadConfig
-from model.grad import GRADHead, count_trainable
+from model.net.config import HeadConfig
+from model.net.grad import GRADHead, count_trainable
 
 
 @pytest.mark.parametrize(("variant", "millions"), [("grad", 26.4), ("crad", 15.4), ("crad-s", 5.3)])

@@ -1,6 +1,6 @@
 import torch
 
-from model.layers import read_global_grid, read_local_grid
+from model.net.layers import read_global_grid, read_local_grid
 
 
 def node_coord(i: int, g: int) -> float:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model.refinement import derive_refine_threshold, reconstruction_loss, refine
+from model.net.refinement import derive_refine_threshold, reconstruction_loss, refine
 
 
 def test_refine_matches_the_formula():

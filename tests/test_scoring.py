@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from model.scoring import anomaly_maps, image_scores, score_pool, smooth_window
+from model.net.scoring import anomaly_maps, image_scores, score_pool, smooth_window
 
 
 def reference_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:

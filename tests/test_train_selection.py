@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.backbone import BackboneInfo
 from model.checkpoint import load_checkpoint
-from model.config import TrainConfig
-from model.grad import GRADHead
 from model.inference import head_config_from
+from model.net.backbone import BackboneInfo
+from model.net.config import TrainConfig
+from model.net.grad import GRADHead
 from model.train import (
     build_parser,
     build_scheduler,

@@ -30,7 +30,7 @@ TOPIC = "line-demo"
 
 
 def train_model(data: Path, out: Path, epochs: int) -> Path:
-    from model.config import TrainConfig
+    from model.net.config import TrainConfig
     from model.settings import ModelSettings
     from model.train import train
 

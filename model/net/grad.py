@@ -1,7 +1,7 @@
 """The trainable GRAD head: coordinates, continuous grids, fusion decoder, refinement.
 
 Input is the frozen backbone's feature map x (B x C x S x S); output is the refined
-reconstruction x_hat from which the anomaly map is measured (see `model.scoring`).
+reconstruction x_hat from which the anomaly map is measured (see `model.net.scoring`).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.config import HeadConfig
-from model.layers import BasicBlock, MBV3Block, init_weights, read_global_grid, read_local_grid
-from model.refinement import refine
+from model.net.config import HeadConfig
+from model.net.layers import BasicBlock, MBV3Block, init_weights, read_global_grid, read_local_grid
+from model.net.refinement import refine
 
 
 def build_decoder(cfg: HeadConfig) -> nn.Sequential:

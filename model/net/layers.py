@@ -1,7 +1,7 @@
 """Building blocks of the GRAD head: grid reads, decoder blocks, initialisation.
 
 Kept free of configuration so each piece can be tested on its own and reused by every decoder
-variant in `model.config.DECODERS`.
+variant in `model.net.config.DECODERS`.
 """
 
 from __future__ import annotations

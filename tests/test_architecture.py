@@ -1,0 +1,166 @@
+"""The layout's rules, checked on the source (ast, nothing imported): data flows one way,
+`worker` -> `model` -> `schemas`; inside `model/` a subpackage imports only those below it, and
+only the commands and the settings sit at its top level. A violation names the file, the line
+and the import, so the fix is obvious."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Bottom to top: each subpackage of `model` may import itself and those listed before it.
+MODEL_LAYERS = (
+    "net",
+    "metrics",
+    "data",
+    "stores",
+    "inference",
+    "training",
+    "evaluation",
+    "lifecycle",
+)
+# What the top level of `model/` may hold besides its subpackages: the package map, the settings
+# and the commands (each parses, reads settings, calls one library function, prints).
+MODEL_TOP = {"__init__", "settings", "train", "evaluate", "retrain", "promote", "label", "demo"}
+# Which of our top-level packages each may import (besides itself).
+PACKAGES = {
+    "schemas": set(),
+    "model": {"schemas"},
+    "worker": {"model", "schemas"},
+    "bench": {"model", "worker", "schemas"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Absolute module names a file imports, with their line (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    here = _module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            # `from model import data` imports the subpackage `model.data`.
+            subs = [f"{base}.{a.name}" for a in node.names if _is_module(f"{base}.{a.name}")]
+            found += [(node.lineno, name) for name in subs or [base]]
+    return found
+
+
+def _sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _is_module(name: str) -> bool:
+    """Whether a dotted name is one of our modules or packages (not a name inside one)."""
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _violations_between_packages() -> list[str]:
+    out = []
+    for package, allowed in PACKAGES.items():
+        for path in _sources(package):
+            for line, name in _imports(path):
+                top = name.split(".")[0]
+                if top in PACKAGES and top != package and top not in allowed:
+                    out.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    return out
+
+
+def _model_rank(name: str) -> int | None:
+    """A `model.<sub>` name's layer, -1 for the top level (commands, settings), None otherwise."""
+    parts = name.split(".")
+    if parts[0] != "model" or len(parts) < 2:
+        return None
+    if parts[1] in MODEL_LAYERS:
+        return MODEL_LAYERS.index(parts[1])
+    return -1 if _is_module(".".join(parts[:2])) else None
+
+
+def _violations_inside_model() -> list[str]:
+    out = []
+    for path in _sources("model"):
+        rel = path.relative_to(ROOT / "model").parts
+        if len(rel) == 1:
+            continue  # the top level may import any subpackage
+        mine = MODEL_LAYERS.index(rel[0])
+        for line, name in _imports(path):
+            rank = _model_rank(name)
+            if rank is None:
+                continue
+            if rank == -1:
+                out.append(f"{path.relative_to(ROOT)}:{line} imports the top-level {name}")
+            elif rank > mine:
+                out.append(f"{path.relative_to(ROOT)}:{line} imports {name}, a layer above it")
+    return out
+
+
+def test_packages_import_one_way() -> None:
+    """worker -> model -> schemas, never back; bench sits on top of all of them."""
+    assert _violations_between_packages() == []
+
+
+def test_model_subpackages_import_only_those_below() -> None:
+    assert _violations_inside_model() == []
+
+
+def test_every_model_subpackage_has_a_place_in_the_order() -> None:
+    subpackages = {p.parent.name for p in (ROOT / "model").glob("*/__init__.py")}
+    assert subpackages <= set(MODEL_LAYERS)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 19: the move is under way")
+def test_model_top_level_holds_only_the_map_settings_and_commands() -> None:
+    top = {p.stem for p in (ROOT / "model").glob("*.py")}
+    assert top - MODEL_TOP == set(), "move library code into the subpackage it belongs to"
+
+
+def test_every_subpackage_says_what_it_holds_and_may_import() -> None:
+    for init in (ROOT / "model").glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "Imports:" in doc, f"{init.relative_to(ROOT)} must state what it may import"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("from model.lifecycle.gate import decide\n", "a layer above it"),
+        ("import model.train\n", "top-level model.train"),
+        ("from ..stores import records\n", None),
+    ],
+)
+def test_the_rule_catches_an_upward_import(
+    tmp_path: Path, source: str, expected: str | None
+) -> None:
+    """The checker itself: an upward import in a lower layer is reported, a downward one not."""
+    fake = tmp_path / "model" / "inference"
+    fake.mkdir(parents=True)
+    (tmp_path / "model" / "__init__.py").write_text("")
+    (tmp_path / "model" / "train.py").write_text("")
+    (fake / "__init__.py").write_text('"""Imports: none."""\n')
+    (fake / "probe.py").write_text(source)
+    for sub in MODEL_LAYERS:
+        (tmp_path / "model" / sub).mkdir(exist_ok=True)
+        (tmp_path / "model" / sub / "__init__.py").write_text("")
+    globals()["ROOT"] = tmp_path
+    try:
+        found = _violations_inside_model()
+    finally:
+        globals()["ROOT"] = Path(__file__).resolve().parents[1]
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and expected in found[0]
