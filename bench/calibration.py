@@ -17,7 +17,8 @@ Five test images cannot say how a rule behaves on five held-out scores; a class 
 `--study CLASS` draws many subsets of n of that class's held-out scores (without replacement),
 fits every rule to each, and reports how the test false-positive rate and recall spread across
 draws: how many normal images a class needs before its threshold can be trusted, and which rule
-does best with few. Diagnostic only: production calibration is `model.calibration.calibrate`.
+does best with few. Diagnostic only: production calibration is
+`model.metrics.calibration.calibrate`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import t as student_t
 
-from model.calibration import calibrate, lognormal_quantile
 from model.data import split_heldout, test_items, train_images
 from model.evaluate import image_labels, score_items
 from model.images import read_image
 from model.inference import Inspector
+from model.metrics.calibration import calibrate, lognormal_quantile
 from model.net.config import TrainConfig
 
 # MAD of a normal sample times this estimates its standard deviation.

@@ -34,7 +34,7 @@ from model.data import TestItem, test_items
 from model.evaluate import METRIC_SIZE, at_metric_size, image_labels
 from model.images import read_image, read_mask, to_batch
 from model.inference import Inspector, autocast_for
-from model.metrics import auroc
+from model.metrics.curves import auroc
 from model.net.scoring import distance_map, image_scores, smooth_map
 
 # Distances (B x 1 x 28 x 28) and smoothed maps (B x S x S), keyed "refined" / "unrefined".

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from model.data import TestItem, test_items
 from model.images import read_image, read_mask
 from model.inference import Inspector
-from model.metrics import aupro, auroc
+from model.metrics.curves import aupro, auroc
 from model.plots import overlay, plot_roc, save_rgb
 from model.settings import ModelSettings
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.calibration import calibrate
-from model.metrics import auroc
+from model.metrics.calibration import calibrate
+from model.metrics.curves import auroc
 
 
 @dataclass(frozen=True)

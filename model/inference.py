@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from model.allocator import keep_activations_on_heap
-from model.calibration import confidence
 from model.checkpoint import from_bytes, load_checkpoint
 from model.images import to_batch
+from model.metrics.calibration import confidence
 from model.net.backbone import FrozenBackbone, WeightsError, build_backbone
 from model.net.config import HeadConfig
 from model.net.grad import GRADHead

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from model.metrics import roc_curve
+from model.metrics.curves import roc_curve
 
 
 def plot_roc(

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.calibration import calibrate, calibration_report
 from model.checkpoint import content_version, save_checkpoint
 from model.data import split_heldout, train_images
 from model.features import cached_features
 from model.inference import head_scores, resolve_device
+from model.metrics.calibration import calibrate, calibration_report
 from model.net.backbone import BackboneInfo, build_backbone
 from model.net.config import DECODERS, DEFAULT_VARIANT, HeadConfig, TrainConfig
 from model.net.grad import GRADHead, count_trainable

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model.calibration import calibrate, confidence
+from model.metrics.calibration import calibrate, confidence
 
 
 @pytest.mark.parametrize("n", [20, 60, 300])
@@ -45,7 +45,7 @@ def test_calibration_refuses_too_little_data():
 
 
 def test_report_flags_classes_calibrated_on_few_normal_images():
-    from model.calibration import STEADY_COUNT, calibration_report
+    from model.metrics.calibration import STEADY_COUNT, calibration_report
 
     rng = np.random.default_rng(0)
     few = calibrate(rng.lognormal(3.0, 0.2, 5))

@@ -12,7 +12,7 @@ from model.data import discover_classes
 from model.data import test_items as list_test_items
 from model.evaluate import evaluate, score_items
 from model.inference import Inspector
-from model.metrics import auroc
+from model.metrics.curves import auroc
 
 
 def test_a_defect_with_an_empty_mask_is_normal_by_mask_and_defective_by_folder(

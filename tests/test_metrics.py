@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model.metrics import aupro, auroc, roc_curve
+from model.metrics.curves import aupro, auroc, roc_curve
 
 
 def mann_whitney(labels, scores):

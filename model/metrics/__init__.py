@@ -1,0 +1,8 @@
+"""Score statistics, pure functions on arrays: what the field measures and where the line is drawn.
+
+- `curves`: ROC, AUROC and AUPRO (per-region overlap), as the MVTec AD protocol defines them.
+- `calibration`: per-class thresholds from held-out normal scores (a log-normal tail), the
+  calibration report, and the confidence of a verdict.
+
+Imports: numpy, OpenCV (connected regions) and `schemas` only; no other part of `model`.
+"""
