@@ -28,7 +28,7 @@ from pathlib import Path
 import model.allocator
 if sys.argv[1] == "without":
     model.allocator._done = True  # glibc's defaults: the tuning is skipped, not undone
-from model.images import decode_image
+from model.data.images import decode_image
 from model.inference import Inspector
 from worker.feed import inspection_images
 ckpt, data, batch, n = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])

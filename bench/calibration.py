@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import t as student_t
 
-from model.data import split_heldout, test_items, train_images
+from model.data.images import read_image
+from model.data.mvtec import split_heldout, test_items, train_images
 from model.evaluate import image_labels, score_items
-from model.images import read_image
 from model.inference import Inspector
 from model.metrics.calibration import calibrate, lognormal_quantile
 from model.net.config import TrainConfig

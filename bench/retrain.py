@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 from model.artifacts import ArtifactStore
-from model.data import discover_classes
+from model.data.images import read_image
+from model.data.mvtec import discover_classes
 from model.evaluate import evaluate
-from model.images import read_image
 from model.inference import Inspector
 from model.net.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.promotion import register

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.images import decode_image
+from model.data.images import decode_image
 from model.inference import Inspector
 from schemas import InspectionResult
 from worker.embedded_broker import EmbeddedBroker
@@ -48,7 +48,7 @@ def quick_model(out: Path) -> Path:
         script = (
             "import sys; from pathlib import Path\n"
             "from model.net.config import TrainConfig\n"
-            "from model.sample import make_sample\n"
+            "from model.data.sample import make_sample\n"
             "from model.settings import ModelSettings\n"
             "from model.train import train\n"
             "out = Path(sys.argv[1])\n"

@@ -1,6 +1,6 @@
 """`python -m model.demo`: train and evaluate GRAD end to end on embedded defaults.
 
-Without `--data` it generates the procedural sample set (see `model.sample`), so it runs on a
+Without `--data` it generates the procedural sample set (see `model.data.sample`), so it runs on a
 fresh machine with nothing but the installed package.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from model.data.sample import make_sample
 from model.evaluate import evaluate, format_table
 from model.inference import Inspector
 from model.net.config import TrainConfig
-from model.sample import make_sample
 from model.settings import ModelSettings
 from model.train import train
 

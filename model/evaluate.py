@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from model.data import TestItem, test_items
-from model.images import read_image, read_mask
+from model.data.images import read_image, read_mask
+from model.data.mvtec import TestItem, test_items
 from model.inference import Inspector
 from model.metrics.curves import aupro, auroc
 from model.plots import overlay, plot_roc, save_rgb

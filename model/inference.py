@@ -16,7 +16,7 @@ import torch
 
 from model.allocator import keep_activations_on_heap
 from model.checkpoint import from_bytes, load_checkpoint
-from model.images import to_batch
+from model.data.images import to_batch
 from model.metrics.calibration import confidence
 from model.net.backbone import FrozenBackbone, WeightsError, build_backbone
 from model.net.config import HeadConfig

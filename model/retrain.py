@@ -46,7 +46,8 @@ import torch
 from model.artifacts import ArtifactStore
 from model.checkpoint import CheckpointError, from_bytes, load_checkpoint
 from model.cli_failures import report_failures
-from model.content_features import content_features
+from model.data.feature_cache import content_features
+from model.data.recorded_images import RecordedImages
 from model.durations import WindowError, resolve_window
 from model.gate import ClassScores, Tolerances, decide
 from model.inference import Inspector, head_config_from, head_scores, resolve_device
@@ -54,7 +55,6 @@ from model.net.backbone import FrozenBackbone, build_backbone
 from model.net.config import DEFAULT_VARIANT, TrainConfig
 from model.net.grad import GRADHead
 from model.promotion import PromotionError, find_bytes, promote, register
-from model.recorded_images import RecordedImages
 from model.records import RecordStore, safe_url
 from model.retrain_settings import RetrainSettings
 from model.selection import (

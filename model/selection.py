@@ -14,7 +14,7 @@ Rules, per product class, over the inspections processed in the window:
 - **Confirmed anomalies** (labelled anomalous in the window) are read too: the gate checks
   candidates on them; they never train.
 
-Images are read back through their recorded URI (`model.recorded_images`): inline images and
+Images are read back through their recorded URI (`model.data.recorded_images`): inline images and
 unreadable or out-of-roots URIs are counted as unavailable. A class with fewer usable normal
 images than the minimum is skipped when it simply has too few recorded, and is an error
 (`SelectionError`, naming the class) when unreadable images brought it below the minimum.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from model.recorded_images import ImageUnavailable, LoadedImage, RecordedImages
+from model.data.recorded_images import ImageUnavailable, LoadedImage, RecordedImages
 from model.records import RecordStore
 from schemas.records import InspectionRecord
 

@@ -34,7 +34,7 @@ def industrial() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.sample import make_sample
+    from model.data.sample import make_sample
 
     return make_sample(
         tmp_path_factory.mktemp("sample"), n_train=24, n_test_good=6, n_test_defect=6

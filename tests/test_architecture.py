@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom to top: each subpackage of `model` may import itself and those listed before it.
 MODEL_LAYERS = (
+    "core",
     "net",
     "metrics",
     "data",
@@ -53,7 +54,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             base = node.module or ""
             if node.level:
                 base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
-            # `from model import data` imports the subpackage `model.data`.
+            # `from model import data` imports the subpackage `model.data.mvtec`.
             subs = [f"{base}.{a.name}" for a in node.names if _is_module(f"{base}.{a.name}")]
             found += [(node.lineno, name) for name in subs or [base]]
     return found

@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.images import resize
+from model.data.images import resize
 from model.net.backbone import WeightsError, build_backbone, load_imagenet_network
 
 # ImageNet classes 281-285: tabby, tiger cat, Persian, Siamese, Egyptian cat.

@@ -29,7 +29,7 @@ def test_score_ablation_spec_variant_is_the_production_score(tiny_ckpt, sample_d
     import numpy as np
 
     from bench.score_ablation import SCORES, class_table, score_variants
-    from model.data import discover_classes, test_items
+    from model.data.mvtec import discover_classes, test_items
     from model.evaluate import score_items
     from model.inference import Inspector
 

@@ -1,7 +1,7 @@
 import pytest
 
-from model import data as ds
-from model.data import DatasetError, discover_classes, split_heldout, train_images
+from model.data import mvtec as ds
+from model.data.mvtec import DatasetError, discover_classes, split_heldout, train_images
 
 
 def test_split_is_seeded_disjoint_and_per_class(sample_data):

@@ -636,7 +636,7 @@ def test_every_program_gets_the_stores_from_the_secrets(target: str) -> None:
 
 
 def _under(prefix: str, roots: list[str]) -> bool:
-    """Whether every URI under the prefix is under one of the roots (as model.recorded_images
+    """Whether every URI under the prefix is under one of the roots (as model.data.recorded_images
     compares them: a root is a directory, or a URL prefix ending in /)."""
     return any((prefix.rstrip("/") + "/").startswith(r.rstrip("/") + "/") for r in roots)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from model.data import discover_classes
-from model.data import test_items as list_test_items
+from model.data.images import read_image
+from model.data.mvtec import discover_classes
+from model.data.mvtec import test_items as list_test_items
 from model.evaluate import METRIC_SIZE, evaluate, score_items
-from model.images import read_image
 from model.inference import Inspector
 from model.net.config import TrainConfig
 from model.train import train

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model.images import ImageDecodeError, decode_image, read_mask, resize, to_batch
+from model.data.images import ImageDecodeError, decode_image, read_mask, resize, to_batch
 
 
 def encode(img_rgb: np.ndarray, ext: str = ".png") -> bytes:

@@ -15,7 +15,7 @@ from kafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
 from model.blob_store import BlobStore
-from model.images import read_image
+from model.data.images import read_image
 from model.records import RecordStore, migrate
 from schemas import DeadLetter
 from worker.breaker import CrashBreaker, Marker, suspicion

@@ -58,9 +58,9 @@ def test_threshold_follows_the_feature_scale():
 
 def test_threshold_rule_gives_about_ten_on_lite0(lite0, industrial):
     """On real images the rule lands near the threshold measured to work for Lite0 (10)."""
-    from model.data import train_images
-    from model.features import extract
+    from model.data.feature_cache import cached_features
+    from model.data.mvtec import train_images
 
     paths = [p for ps in train_images(industrial).values() for p in ps[:8]]
-    feats = extract(lite0, paths, 224, torch.device("cpu"))
+    feats = cached_features(lite0, paths, 224, torch.device("cpu"), cache_dir=None)
     assert 6.0 < derive_refine_threshold(feats) < 15.0

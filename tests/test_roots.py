@@ -1,5 +1,5 @@
-"""Which image URIs may be read (`model.roots`): the rule shared by the worker's image source and
-the retraining's recorded-image reader. Only the decision is tested here, nothing is read."""
+"""Which image URIs may be read (`model.data.roots`): the rule shared by the worker's image source
+and the retraining's recorded-image reader. Only the decision is tested here, nothing is read."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model.roots import OutsideRoots, Roots
+from model.data.roots import OutsideRoots, Roots
 
 
 @pytest.fixture

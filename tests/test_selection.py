@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from model.recorded_images import ImageUnavailable, RecordedImages
+from model.data.recorded_images import ImageUnavailable, RecordedImages
 from model.records import RecordStore, migrate
 from model.selection import (
     Picked,

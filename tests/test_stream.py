@@ -19,7 +19,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from model.images import read_image
+from model.data.images import read_image
 from model.inference import Inspector
 from model.records import RecordStore
 from schemas import DeadLetter, InspectionEvent, InspectionResult

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     if args.data is None:
-        from model.sample import make_sample
+        from model.data.sample import make_sample
 
         args.data = make_sample(out / "sample")
     data = args.data.resolve()

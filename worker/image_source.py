@@ -8,7 +8,7 @@ Two kinds of failure, because they need opposite handling:
   `transient_retry_s`, then dead-lettered as `transient_retries_exhausted`, so a poisoned URI
   cannot stall a partition forever and the record is still kept for replay.
 
-An event never makes the worker read outside the configured roots (`model.roots`, the rule the
+An event never makes the worker read outside the configured roots (`model.data.roots`, the rule the
 retraining applies to recorded rows too): local paths are resolved (symlinks included) before the
 check, and URLs must start with a configured prefix and carry no `..` segment.
 """
@@ -27,8 +27,8 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from model.images import ImageDecodeError, ImageTooLargeError, decode_image
-from model.roots import OutsideRoots, Roots
+from model.data.images import ImageDecodeError, ImageTooLargeError, decode_image
+from model.data.roots import OutsideRoots, Roots
 from schemas import InspectionEvent
 from worker.rejected import Rejected
 

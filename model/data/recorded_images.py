@@ -1,11 +1,11 @@
 """Read recorded images back through the URI their inspection row holds, for retraining.
 
 A row in the database is data, not an instruction: a URI is only followed when it lies under a
-configured image root (local directories are resolved, symlinks included, before the check;
-URLs must start with a configured prefix and carry no `..` segment): `model.roots`, the rule the
-worker applies to events. Everything else, like an inline image that left no URI, a file that was
-deleted or an undecodable one, is *unavailable* with a reason, counted and reported by the caller,
-never fatal by itself.
+configured image root (local directories are resolved, symlinks included, before the check; URLs
+must start with a configured prefix and carry no `..` segment): `model.data.roots`, the rule the
+worker applies to events. Everything else, like an inline image that left no URI, a file that
+was deleted or an undecodable one, is *unavailable* with a reason, counted and reported by the
+caller, never fatal by itself.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from model.images import ImageDecodeError, ImageTooLargeError, decode_image
-from model.roots import OutsideRoots, Roots
+from model.data.images import ImageDecodeError, ImageTooLargeError, decode_image
+from model.data.roots import OutsideRoots, Roots
 
 # Why a recorded image could not be used (the keys of the report's `unavailable` counts).
 UNAVAILABLE_REASONS = ("inline", "outside_roots", "missing", "too_large", "undecodable", "error")

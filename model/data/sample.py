@@ -95,7 +95,9 @@ def make_sample(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m model.sample", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m model.data.sample", description=__doc__.splitlines()[0]
+    )
     p.add_argument("out", type=Path)
     p.add_argument("--train", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
