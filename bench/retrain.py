@@ -31,17 +31,18 @@ from pathlib import Path
 
 import torch
 
-from model.artifacts import ArtifactStore
 from model.data.images import read_image
 from model.data.mvtec import discover_classes
 from model.evaluate import evaluate
 from model.inference import Inspector
 from model.net.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.promotion import register
-from model.records import RecordStore, migrate
 from model.retrain import RetrainOptions, run
 from model.retrain_settings import RetrainSettings
 from model.settings import ModelSettings
+from model.stores.artifacts import ArtifactStore
+from model.stores.migrations import migrate
+from model.stores.records import RecordStore
 from model.train import train
 from schemas.records import InspectionRecord
 

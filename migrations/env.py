@@ -1,6 +1,6 @@
 """Alembic environment: which database, and the metadata migrations are compared against.
 
-The URL comes from, in order: the caller (`model.records.migrate(url)` puts it in
+The URL comes from, in order: the caller (`model.stores.migrations.migrate(url)` puts it in
 `config.attributes["url"]`), `alembic -x url=...`, the environment variable
 `GRAD_DATABASE_URL`, and the embedded default `sqlite:///inspections.sqlite3`. A plain
 `postgresql://` URL is run through psycopg 3, like everywhere else in the project.

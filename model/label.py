@@ -23,7 +23,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from model.records import DEFAULT_URL, RecordStore, RecordStoreUnavailable, safe_url
+from model.stores.records import RecordStore
+from model.stores.sql import DEFAULT_URL, RecordStoreUnavailable, safe_url
 from schemas.events import EVENT_ID_PATTERN
 
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from model.artifacts import ArtifactStore
 from model.checkpoint import CheckpointError
-from model.cli_failures import report_failures
 from model.promotion import PromotionError, PromotionOutcome, find_bytes, promote
-from model.records import RecordStore, safe_url
 from model.retrain_settings import RetrainSettings
-from model.state_store import RedisStateStore, StateStore
+from model.stores.artifacts import ArtifactStore
+from model.stores.failures import report_failures
+from model.stores.records import RecordStore
+from model.stores.sql import safe_url
+from model.stores.state import RedisStateStore, StateStore
 
 
 def build_parser() -> argparse.ArgumentParser:

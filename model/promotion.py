@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from model.artifacts import ArtifactStore, read_bytes
 from model.checkpoint import from_bytes
-from model.records import RecordStore
-from model.state_store import StateStore
+from model.stores.artifacts import ArtifactStore, read_bytes
+from model.stores.records import RecordStore
+from model.stores.state import StateStore
 from schemas import CheckpointMeta, ClassState
 
 

@@ -43,9 +43,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from model.artifacts import ArtifactStore
 from model.checkpoint import CheckpointError, from_bytes, load_checkpoint
-from model.cli_failures import report_failures
 from model.data.feature_cache import content_features
 from model.data.recorded_images import RecordedImages
 from model.durations import WindowError, resolve_window
@@ -55,7 +53,6 @@ from model.net.backbone import FrozenBackbone, build_backbone
 from model.net.config import DEFAULT_VARIANT, TrainConfig
 from model.net.grad import GRADHead
 from model.promotion import PromotionError, find_bytes, promote, register
-from model.records import RecordStore, safe_url
 from model.retrain_settings import RetrainSettings
 from model.selection import (
     ClassSelection,
@@ -65,7 +62,11 @@ from model.selection import (
     select,
     split_normals,
 )
-from model.state_store import RedisStateStore, StateStore, StateStoreUnavailable
+from model.stores.artifacts import ArtifactStore
+from model.stores.failures import report_failures
+from model.stores.records import RecordStore
+from model.stores.sql import safe_url
+from model.stores.state import RedisStateStore, StateStore, StateStoreUnavailable
 from model.train import train_from_features
 from schemas import CheckpointMeta
 
@@ -495,8 +496,7 @@ def _run(
         blob,
         meta,
         parent_version=active.version if active else None,
-        train_window_start=min(when),
-        train_window_end=max(when),
+        train_window=(min(when), max(when)),
         images_per_class={c: v["train"] + v["heldout"] for c, v in images.items()},
         metrics=_jsonable(metrics),
         gate_decision=_jsonable(decision),

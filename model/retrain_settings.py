@@ -16,8 +16,8 @@ from typing import Annotated
 from pydantic import Field, PositiveInt, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from model.records import DEFAULT_URL
 from model.settings import ModelSettings
+from model.stores.sql import DEFAULT_URL
 
 MiB = 1024 * 1024
 

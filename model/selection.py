@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Literal
 
 from model.data.recorded_images import ImageUnavailable, LoadedImage, RecordedImages
-from model.records import RecordStore
+from model.stores.records import RecordStore
 from schemas.records import InspectionRecord
 
 Source = Literal["labelled_normal", "unlabelled_below_margin", "confirmed_anomaly"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from model.label import main
-from model.records import RecordStore, migrate
+from model.stores.migrations import migrate
+from model.stores.records import RecordStore
 from schemas.records import InspectionRecord
 from tests.databases import closed_port_url, make_result
 

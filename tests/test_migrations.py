@@ -14,7 +14,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, pool
 
-from model.records import RecordStoreUnavailable, alembic_config, migrate
+from model.stores.migrations import alembic_config, migrate
+from model.stores.sql import RecordStoreUnavailable
 from schemas.tables import metadata
 from tests.databases import BACKENDS, closed_port_url, database, fresh_postgres_database
 
@@ -102,7 +103,7 @@ def test_migrate_an_unreachable_server_says_so():
 def test_workers_starting_together_migrate_one_at_a_time():
     """Several worker processes migrating one PostgreSQL database at once: all succeed."""
     with fresh_postgres_database() as url:
-        code = "import sys; from model.records import migrate; migrate(sys.argv[1])"
+        code = "import sys; from model.stores.migrations import migrate; migrate(sys.argv[1])"
         procs = [
             subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
             for _ in range(3)

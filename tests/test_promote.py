@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from model.artifacts import ArtifactStore
 from model.checkpoint import from_bytes, read_meta
 from model.promotion import register
-from model.records import RecordStore, migrate
-from model.state_store import RedisStateStore
+from model.stores.artifacts import ArtifactStore
+from model.stores.migrations import migrate
+from model.stores.records import RecordStore
+from model.stores.state import RedisStateStore
 from schemas import ClassCalibration, ClassState
 
 pytestmark = pytest.mark.integration

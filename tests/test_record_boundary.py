@@ -14,9 +14,10 @@ import numpy as np
 from kafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
-from model.blob_store import BlobStore
 from model.data.images import read_image
-from model.records import RecordStore, migrate
+from model.stores.blobs import BlobStore
+from model.stores.migrations import migrate
+from model.stores.records import RecordStore
 from schemas import DeadLetter
 from worker.breaker import CrashBreaker, Marker, suspicion
 from worker.dead_letters import DeadLetterWriter, read_original

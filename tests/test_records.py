@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text, update
 
-from model.records import RecordStore, RecordStoreUnavailable, migrate
+from model.stores.migrations import migrate
+from model.stores.records import RecordStore
+from model.stores.sql import RecordStoreUnavailable
 from schemas.model_state import ClassCalibration
 from schemas.records import InspectionRecord
 from schemas.tables import ModelVersion
@@ -208,8 +210,7 @@ def test_model_versions_promote_and_retire(store: RecordStore):
         "file:///models/b.safetensors",
         parent_version="grad-aaaa",
         created_at=T0 + timedelta(days=1),
-        train_window_start=T0 - timedelta(days=7),
-        train_window_end=T0,
+        train_window=(T0 - timedelta(days=7), T0),
         metrics={"auroc": 0.97},
     )
     assert store.active_version() is None

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from model.records import RecordStore, migrate
+from model.stores.migrations import migrate
+from model.stores.records import RecordStore
 from schemas import DeadLetter
 from tests.databases import PostgresServer, fresh_postgres_database
 from tests.streaming import committed

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from model.checkpoint import from_bytes
-from model.records import RecordStore, migrate
 from model.retrain import RetrainError, RetrainOptions, TestHooks, main, run
 from model.retrain_settings import RetrainSettings
 from model.selection import SelectionError
-from model.state_store import RedisStateStore
+from model.stores.migrations import migrate
+from model.stores.records import RecordStore
+from model.stores.state import RedisStateStore
 from tests.retraining import defect_images, good_images, hazelnut_only, inspection
 
 pytestmark = pytest.mark.integration

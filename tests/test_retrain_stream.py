@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from model.checkpoint import read_meta
-from model.records import RecordStore, migrate
-from model.state_store import RedisStateStore
+from model.stores.migrations import migrate
+from model.stores.records import RecordStore
+from model.stores.state import RedisStateStore
 from tests.databases import fresh_postgres_database
 from tests.retraining import defect_images, good_images, hazelnut_only
 from tests.streaming import wait_processed

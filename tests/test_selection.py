@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from model.data.recorded_images import ImageUnavailable, RecordedImages
-from model.records import RecordStore, migrate
 from model.selection import (
     Picked,
     SelectionError,
@@ -21,6 +20,8 @@ from model.selection import (
     select,
     split_normals,
 )
+from model.stores.migrations import migrate
+from model.stores.records import RecordStore
 from tests.databases import BACKENDS, database
 from tests.retraining import inspection
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis
 
-from model.state_store import (
+from model.stores.state import (
     CorruptArtifact,
     LocalStateStore,
     RedisStateStore,

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from model.checkpoint import read_meta
-from model.state_store import RedisStateStore
+from model.stores.state import RedisStateStore
 from schemas import ClassCalibration, ClassState
 from tests.test_stream import eventually, industrial_events, new_topic, results_of, send_all
 from worker.feed import read_topics

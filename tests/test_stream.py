@@ -21,7 +21,7 @@ import pytest
 
 from model.data.images import read_image
 from model.inference import Inspector
-from model.records import RecordStore
+from model.stores.records import RecordStore
 from schemas import DeadLetter, InspectionEvent, InspectionResult
 from tests.streaming import committed, wait_processed
 from worker.embedded_broker import EmbeddedBroker

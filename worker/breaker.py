@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import structlog
 from kafka.structs import TopicPartition
 
-from model.records import RecordStore, RecordStoreUnavailable
+from model.stores.records import RecordStore
+from model.stores.sql import RecordStoreUnavailable
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from model.blob_store import BlobStore, event_key
+from model.stores.blobs import BlobStore, event_key
 from schemas import DeadLetter
 from worker.rejected import Rejected
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.records import RecordStore
+from model.stores.records import RecordStore
 from schemas import DeadLetter, InspectionResult
 from worker.embedded_broker import EmbeddedBroker
 from worker.feed import feed, inspection_images, make_event, producer_for, read_topics

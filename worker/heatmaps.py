@@ -4,7 +4,7 @@ The PNG is 16-bit greyscale (bright = anomalous), so any image viewer opens it, 
 chunks carry the linear scale back to raw map values (`grad:min`, `grad:max`) together with the
 event id, score and model version. Quantisation error is at most (max - min) / 65535 / 2, far
 below what separates a defect from a good part. A retry writes the same key, so redelivery
-overwrites instead of duplicating (storage: `model.blob_store`).
+overwrites instead of duplicating (storage: `model.stores.blobs`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import fsspec
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from model.blob_store import BlobStore, event_key
+from model.stores.blobs import BlobStore, event_key
 
 LEVELS = 65535
 

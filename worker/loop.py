@@ -26,8 +26,9 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from model.blob_store import BlobStore
-from model.records import RecordStore, RecordStoreUnavailable
+from model.stores.blobs import BlobStore
+from model.stores.records import RecordStore
+from model.stores.sql import RecordStoreUnavailable
 from schemas import OperatorLabel
 from schemas.records import InspectionRecord
 from worker.breaker import CrashBreaker

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import structlog
 
-from model.artifacts import ArtifactStore, read_bytes
 from model.checkpoint import from_bytes
 from model.inference import Inspector
-from model.state_store import CorruptArtifact, StateStore, StateStoreUnavailable
+from model.stores.artifacts import ArtifactStore, read_bytes
+from model.stores.state import CorruptArtifact, StateStore, StateStoreUnavailable
 from schemas import ClassCalibration, ClassState, StateChange
 
 RETRY_S = 2.0  # between attempts to re-read the state while the store is unreachable

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from model.blob_store import BlobStore, event_key, image_suffix
 from model.inference import Verdict
+from model.stores.blobs import BlobStore, event_key, image_suffix
 from schemas import InspectionEvent, InspectionResult, OperatorLabel
 from schemas.events import StageTimings
 from worker.dead_letters import DeadLetterWriter

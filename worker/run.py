@@ -83,7 +83,9 @@ def configure_logging(level: str) -> None:
 def open_records(settings: WorkerSettings, log: structlog.typing.FilteringBoundLogger):
     """The inspection database, migrated at start for SQLite (the embedded default) or when
     `database_migrate` is set; None when recording is switched off (empty URL)."""
-    from model.records import RecordStore, migrate, safe_url
+    from model.stores.migrations import migrate
+    from model.stores.records import RecordStore
+    from model.stores.sql import safe_url
 
     url = settings.database_url.get_secret_value()
     if not url:
@@ -104,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting", settings=settings.safe_dump())
 
     # Heavy imports after the settings are known to be valid: a typo fails in milliseconds.
-    from model.artifacts import ArtifactStore
-    from model.state_store import open_state_store
+    from model.stores.artifacts import ArtifactStore
+    from model.stores.state import open_state_store
     from worker.endpoints import Health, serve
     from worker.heatmaps import HeatmapStore
     from worker.kafka_io import build_consumer, build_producer

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import fsspec
 
-from model.blob_store import BlobStore, parse_base
+from model.stores.blobs import BlobStore, parse_base
 
 
 class ArtifactStore:

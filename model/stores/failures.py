@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from sqlalchemy import exc as sa_exc
 
-from model.records import RecordStoreUnavailable
-from model.state_store import StateStoreUnavailable
+from model.stores.sql import RecordStoreUnavailable
+from model.stores.state import StateStoreUnavailable
 
 FAILED = 1
 

@@ -1,5 +1,5 @@
 """Write-once-per-key files in a directory or an object store: what model checkpoints
-(`model.artifacts`), heatmaps and archived inline images are kept in.
+(`model.stores.artifacts`), heatmaps and archived inline images are kept in.
 
 A local directory gets an atomic rename (a reader never sees half a file; a retry replaces the
 file whole); any other fsspec URL (s3://bucket/prefix) gets one put. Keys are derived by the
