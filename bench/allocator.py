@@ -25,11 +25,11 @@ from bench.stream import quick_model
 TURN = """
 import json, sys, time
 from pathlib import Path
-import model.allocator
+import model.inference.allocator
 if sys.argv[1] == "without":
-    model.allocator._done = True  # glibc's defaults: the tuning is skipped, not undone
+    model.inference.allocator._done = True  # glibc's defaults: the tuning is skipped, not undone
 from model.data.images import decode_image
-from model.inference import Inspector
+from model.inference.inspector import Inspector
 from worker.feed import inspection_images
 ckpt, data, batch, n = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 items = list(inspection_images(data))  # every class: spread evenly over the test images

@@ -19,7 +19,7 @@ import torch
 
 from bench.throughput import measure
 from model.evaluate import evaluate, format_table
-from model.inference import Inspector
+from model.inference.inspector import Inspector
 from model.net.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.settings import ModelSettings
 from model.train import SCHEDULES, THRESHOLD_RULES, train

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from model.data.images import decode_image
-from model.inference import Inspector
+from model.inference.inspector import Inspector
 from schemas import InspectionResult
 from worker.embedded_broker import EmbeddedBroker
 from worker.feed import feed, inspection_images, make_event, producer_for, read_topics

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from model.data.sample import make_sample
 from model.evaluate import evaluate, format_table
-from model.inference import Inspector
+from model.inference.inspector import Inspector
 from model.net.config import TrainConfig
 from model.settings import ModelSettings
 from model.train import train

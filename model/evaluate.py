@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from model.data.images import read_image, read_mask
 from model.data.mvtec import TestItem, test_items
-from model.inference import Inspector
+from model.inference.inspector import Inspector
 from model.metrics.curves import aupro, auroc
 from model.plots import overlay, plot_roc, save_rgb
 from model.settings import ModelSettings

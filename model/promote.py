@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from model.checkpoint import CheckpointError
+from model.inference.checkpoint import CheckpointError
 from model.promotion import PromotionError, PromotionOutcome, find_bytes, promote
 from model.retrain_settings import RetrainSettings
 from model.stores.artifacts import ArtifactStore

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from model.checkpoint import from_bytes
+from model.inference.checkpoint import from_bytes
 from model.stores.artifacts import ArtifactStore, read_bytes
 from model.stores.records import RecordStore
 from model.stores.state import StateStore

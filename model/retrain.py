@@ -43,12 +43,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from model.checkpoint import CheckpointError, from_bytes, load_checkpoint
 from model.data.feature_cache import content_features
 from model.data.recorded_images import RecordedImages
 from model.durations import WindowError, resolve_window
 from model.gate import ClassScores, Tolerances, decide
-from model.inference import Inspector, head_config_from, head_scores, resolve_device
+from model.inference.checkpoint import CheckpointError, from_bytes, load_checkpoint
+from model.inference.inspector import Inspector, head_config_from, head_scores, resolve_device
 from model.net.backbone import FrozenBackbone, build_backbone
 from model.net.config import DEFAULT_VARIANT, TrainConfig
 from model.net.grad import GRADHead

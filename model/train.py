@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import content_version, save_checkpoint
 from model.data.feature_cache import cached_features
 from model.data.mvtec import split_heldout, train_images
-from model.inference import head_scores, resolve_device
+from model.inference.checkpoint import content_version, save_checkpoint
+from model.inference.inspector import head_scores, resolve_device
 from model.metrics.calibration import calibrate, calibration_report
 from model.net.backbone import BackboneInfo, build_backbone
 from model.net.config import DECODERS, DEFAULT_VARIANT, HeadConfig, TrainConfig

@@ -7,7 +7,7 @@ import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from model.checkpoint import read_meta
+from model.inference.checkpoint import read_meta
 from model.net.config import TrainConfig
 from model.settings import ModelSettings
 from model.train import train

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 # the tuning took and how many mmapped blocks that allocation added.
 PROBE = """
 import ctypes, sys
-from model.allocator import keep_activations_on_heap
+from model.inference.allocator import keep_activations_on_heap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in (

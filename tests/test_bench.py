@@ -31,7 +31,7 @@ def test_score_ablation_spec_variant_is_the_production_score(tiny_ckpt, sample_d
     from bench.score_ablation import SCORES, class_table, score_variants
     from model.data.mvtec import discover_classes, test_items
     from model.evaluate import score_items
-    from model.inference import Inspector
+    from model.inference.inspector import Inspector
 
     inspector = Inspector.from_checkpoint(tiny_ckpt, device="cpu")
     items = test_items(sample_data, discover_classes(sample_data)[:1])
@@ -92,7 +92,7 @@ def test_calibration_bench_rebuilds_the_training_split_and_compares_rules(tiny_c
     import numpy as np
 
     from bench.calibration import RULES, compare, heldout_scores, rule_production, rule_robust
-    from model.inference import Inspector
+    from model.inference.inspector import Inspector
 
     inspector = Inspector.from_checkpoint(tiny_ckpt, device="cpu")
     rows = compare(inspector, sample_data)

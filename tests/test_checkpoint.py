@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, from_bytes, load_checkpoint, read_meta, to_bytes
 from model.data.images import read_image
 from model.data.mvtec import split_heldout, train_images
-from model.inference import Inspector
+from model.inference.checkpoint import (
+    CheckpointError,
+    from_bytes,
+    load_checkpoint,
+    read_meta,
+    to_bytes,
+)
+from model.inference.inspector import Inspector
 from model.net.config import DEFAULT_VARIANT, TrainConfig
 from model.train import train
 

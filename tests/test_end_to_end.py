@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from model.checkpoint import read_meta
+from model.inference.checkpoint import read_meta
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from model.data.images import read_image
 from model.data.mvtec import discover_classes
 from model.data.mvtec import test_items as list_test_items
 from model.evaluate import METRIC_SIZE, evaluate, score_items
-from model.inference import Inspector
+from model.inference.inspector import Inspector
 from model.net.config import TrainConfig
 from model.train import train
 

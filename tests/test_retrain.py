@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import from_bytes
+from model.inference.checkpoint import from_bytes
 from model.retrain import RetrainError, RetrainOptions, TestHooks, main, run
 from model.retrain_settings import RetrainSettings
 from model.selection import SelectionError

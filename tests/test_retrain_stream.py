@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from model.checkpoint import read_meta
+from model.inference.checkpoint import read_meta
 from model.stores.migrations import migrate
 from model.stores.records import RecordStore
 from model.stores.state import RedisStateStore

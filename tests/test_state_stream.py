@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from model.checkpoint import read_meta
+from model.inference.checkpoint import read_meta
 from model.stores.state import RedisStateStore
 from schemas import ClassCalibration, ClassState
 from tests.test_stream import eventually, industrial_events, new_topic, results_of, send_all

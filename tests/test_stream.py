@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from model.data.images import read_image
-from model.inference import Inspector
+from model.inference.inspector import Inspector
 from model.stores.records import RecordStore
 from schemas import DeadLetter, InspectionEvent, InspectionResult
 from tests.streaming import committed, wait_processed

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
-from model.inference import head_config_from
+from model.inference.checkpoint import load_checkpoint
+from model.inference.inspector import head_config_from
 from model.net.backbone import BackboneInfo
 from model.net.config import TrainConfig
 from model.net.grad import GRADHead

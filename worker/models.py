@@ -17,8 +17,8 @@ from pathlib import Path
 
 import structlog
 
-from model.checkpoint import from_bytes
-from model.inference import Inspector
+from model.inference.checkpoint import from_bytes
+from model.inference.inspector import Inspector
 from model.stores.artifacts import ArtifactStore, read_bytes
 from model.stores.state import CorruptArtifact, StateStore, StateStoreUnavailable
 from schemas import ClassCalibration, ClassState, StateChange

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from model.inference import Verdict
+from model.inference.inspector import Verdict
 from model.stores.blobs import BlobStore, event_key, image_suffix
 from schemas import InspectionEvent, InspectionResult, OperatorLabel
 from schemas.events import StageTimings

@@ -2,7 +2,7 @@
 through fsspec), one file per version, `<base>/<version>.safetensors`.
 
 Redis caches these bytes for fast start-up; this store is the copy that survives Redis being
-flushed. Bytes read from it are parsed by `model.checkpoint` (safetensors + JSON, verified
+flushed. Bytes read from it are parsed by `model.inference.checkpoint` (safetensors + JSON, verified
 against the version id), never unpickled.
 """
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.allocator import keep_activations_on_heap
-from model.checkpoint import from_bytes, load_checkpoint
 from model.data.images import to_batch
+from model.inference.allocator import keep_activations_on_heap
+from model.inference.checkpoint import from_bytes, load_checkpoint
 from model.metrics.calibration import confidence
 from model.net.backbone import FrozenBackbone, WeightsError, build_backbone
 from model.net.config import HeadConfig

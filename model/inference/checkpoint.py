@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load, save
 
+from model.core.files import atomic_write_bytes
 from schemas import CheckpointMeta
 
 META_KEY = "grad_meta"
@@ -61,11 +62,9 @@ def from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> Path:
+    """Write a checkpoint atomically: a reader (a worker loading it) never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(to_bytes(tensors, meta))
-    tmp.replace(path)
+    atomic_write_bytes(path, to_bytes(tensors, meta))
     return path
 
 
