@@ -33,11 +33,12 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from model.data.images import read_image
-from model.data.mvtec import split_heldout, test_items, train_images
+from model.data.mvtec import test_items, train_images
 from model.evaluate import image_labels, score_items
 from model.inference.inspector import Inspector
 from model.metrics.calibration import calibrate, lognormal_quantile
 from model.net.config import TrainConfig
+from model.training.split import split_heldout
 
 # MAD of a normal sample times this estimates its standard deviation.
 MAD_TO_SD = 1.4826

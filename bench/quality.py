@@ -22,7 +22,9 @@ from model.evaluate import evaluate, format_table
 from model.inference.inspector import Inspector
 from model.net.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.settings import ModelSettings
-from model.train import SCHEDULES, THRESHOLD_RULES, train
+from model.training.fit import SCHEDULES
+from model.training.options import THRESHOLD_RULES, TrainOptions
+from model.training.run import train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,9 +64,11 @@ def main(argv: list[str] | None = None) -> None:
             ckpt,
             cfg,
             settings,
-            args.variant,
-            threshold_rule=args.threshold_rule,
-            jitter=not args.no_jitter,
+            TrainOptions(
+                variant=args.variant,
+                threshold_rule=args.threshold_rule,
+                jitter=not args.no_jitter,
+            ),
         )
     insp = Inspector.from_checkpoint(ckpt, settings.device)
     report = evaluate(insp, args.data, args.out / "eval")

@@ -43,7 +43,8 @@ from model.settings import ModelSettings
 from model.stores.artifacts import ArtifactStore
 from model.stores.migrations import migrate
 from model.stores.records import RecordStore
-from model.train import train
+from model.training.options import TrainOptions
+from model.training.run import train
 from schemas.records import InspectionRecord
 
 
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     if not base_ckpt.is_file():
         subset = link_subset(out / "base-data", base_images)
         cfg = TrainConfig(epochs=args.base_epochs, batch_size=args.batch_size, step_epochs=30)
-        train(subset, base_ckpt, cfg, settings, args.variant)
+        train(subset, base_ckpt, cfg, settings, TrainOptions(variant=args.variant))
     base_seconds = time.perf_counter() - t0
     base = Inspector.from_checkpoint(base_ckpt, settings.device)
 

@@ -50,7 +50,7 @@ def quick_model(out: Path) -> Path:
             "from model.net.config import TrainConfig\n"
             "from model.data.sample import make_sample\n"
             "from model.settings import ModelSettings\n"
-            "from model.train import train\n"
+            "from model.training.run import train\n"
             "out = Path(sys.argv[1])\n"
             "data = make_sample(out / 'sample', n_train=24, n_test_good=4, n_test_defect=4)\n"
             "settings = ModelSettings(device='cpu', cache_dir=out / 'cache')\n"

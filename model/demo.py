@@ -14,7 +14,7 @@ from model.evaluate import evaluate, format_table
 from model.inference.inspector import Inspector
 from model.net.config import TrainConfig
 from model.settings import ModelSettings
-from model.train import train
+from model.training.run import train
 
 
 def main(argv: list[str] | None = None) -> None:

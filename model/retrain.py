@@ -48,7 +48,7 @@ from model.data.recorded_images import RecordedImages
 from model.durations import WindowError, resolve_window
 from model.gate import ClassScores, Tolerances, decide
 from model.inference.checkpoint import CheckpointError, from_bytes, load_checkpoint
-from model.inference.inspector import Inspector, head_config_from, head_scores, resolve_device
+from model.inference.inspector import Inspector, head_config_from, image_scores, resolve_device
 from model.net.backbone import FrozenBackbone, build_backbone
 from model.net.config import DEFAULT_VARIANT, TrainConfig
 from model.net.grad import GRADHead
@@ -67,7 +67,8 @@ from model.stores.failures import report_failures
 from model.stores.records import RecordStore
 from model.stores.sql import safe_url
 from model.stores.state import RedisStateStore, StateStore, StateStoreUnavailable
-from model.train import train_from_features
+from model.training.options import TrainOptions
+from model.training.run import train_from_features
 from schemas import CheckpointMeta
 
 PromoteMode = Literal["auto", "never", "force"]
@@ -133,20 +134,6 @@ def find_active(
     if meta.version != version:
         raise RetrainError(f"the bytes stored as {version} hold model {meta.version}")
     return ActiveModel(version, blob, meta, "state store" if in_store else "SQL registry")
-
-
-@torch.no_grad()
-def head_image_scores(
-    head: GRADHead, feats: torch.Tensor, image_size: int, device: torch.device, bs: int = 32
-) -> np.ndarray:
-    head.eval()
-    if len(feats) == 0:
-        return np.zeros(0, dtype=np.float64)
-    out = [
-        head_scores(head, feats[i : i + bs].to(device), image_size, device)[1].float().cpu()
-        for i in range(0, len(feats), bs)
-    ]
-    return torch.cat(out).numpy().astype(np.float64)
 
 
 def _now_tag() -> str:
@@ -384,15 +371,17 @@ def _run(
         backbone.info,
         size,
         device,
-        variant=active.meta.variant if active else DEFAULT_VARIANT,
-        init_from=init_from,
-        feature_seconds=feature_seconds,
-        provenance={
-            "parent": active.version if warm and active else None,
-            "warm_start": warm,
-            "window_start": start.isoformat(),
-            "window_end": end.isoformat(),
-        },
+        TrainOptions(
+            variant=active.meta.variant if active else DEFAULT_VARIANT,
+            init_from=init_from,
+            provenance={
+                "feature_seconds": round(feature_seconds, 1),
+                "parent": active.version if warm and active else None,
+                "warm_start": warm,
+                "window_start": start.isoformat(),
+                "window_end": end.isoformat(),
+            },
+        ),
     )
     train_seconds = time.perf_counter() - t1
     say(f"trained {meta.version} in {train_seconds:.1f} s ({feature_seconds:.1f} s features)")
@@ -406,8 +395,8 @@ def _run(
 
     def class_scores(head: GRADHead, c: str, served: float | None = None) -> ClassScores:
         return ClassScores(
-            normals=head_image_scores(head, held_feats[c], size, device),
-            anomalies=head_image_scores(head, anomaly_feats.get(c, empty), size, device),
+            normals=image_scores(head, held_feats[c], size, device),
+            anomalies=image_scores(head, anomaly_feats.get(c, empty), size, device),
             served_threshold=served,
         )
 

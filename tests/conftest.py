@@ -59,7 +59,7 @@ def tiny_settings(tmp_path_factory: pytest.TempPathFactory):
 def tiny_ckpt(sample_data: Path, tiny_settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A GRAD model trained for two short epochs on the generated sample set."""
     from model.net.config import TrainConfig
-    from model.train import train
+    from model.training.run import train
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     train(sample_data, out, TrainConfig(epochs=2, batch_size=8, seed=7), tiny_settings)
@@ -70,7 +70,7 @@ def tiny_ckpt(sample_data: Path, tiny_settings, tmp_path_factory: pytest.TempPat
 def tiny_ckpt_b(sample_data: Path, tiny_settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second, different model (another seed): the version a promotion switches to."""
     from model.net.config import TrainConfig
-    from model.train import train
+    from model.training.run import train
 
     out = tmp_path_factory.mktemp("ckpt-b") / "tiny-b.safetensors"
     train(sample_data, out, TrainConfig(epochs=1, batch_size=8, seed=8), tiny_settings)

@@ -10,7 +10,7 @@ from pathlib import Path
 from model.inference.checkpoint import read_meta
 from model.net.config import TrainConfig
 from model.settings import ModelSettings
-from model.train import train
+from model.training.run import train
 from schemas import CheckpointMeta
 from schemas.records import InspectionRecord
 

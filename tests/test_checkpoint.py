@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model.data.images import read_image
-from model.data.mvtec import split_heldout, train_images
+from model.data.mvtec import train_images
 from model.inference.checkpoint import (
     CheckpointError,
     from_bytes,
@@ -15,7 +15,8 @@ from model.inference.checkpoint import (
 )
 from model.inference.inspector import Inspector
 from model.net.config import DEFAULT_VARIANT, TrainConfig
-from model.train import train
+from model.training.run import train
+from model.training.split import split_heldout
 
 
 def test_metadata_holds_what_scoring_needs(tiny_ckpt):

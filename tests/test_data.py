@@ -1,7 +1,8 @@
 import pytest
 
 from model.data import mvtec as ds
-from model.data.mvtec import DatasetError, discover_classes, split_heldout, train_images
+from model.data.mvtec import DatasetError, discover_classes, train_images
+from model.training.split import split_heldout
 
 
 def test_split_is_seeded_disjoint_and_per_class(sample_data):

@@ -14,7 +14,7 @@ from model.data.mvtec import test_items as list_test_items
 from model.evaluate import METRIC_SIZE, evaluate, score_items
 from model.inference.inspector import Inspector
 from model.net.config import TrainConfig
-from model.train import train
+from model.training.run import train
 
 
 def test_a_256_pixel_model_is_scored_at_its_size_and_measured_at_224(

@@ -12,13 +12,10 @@ from model.inference.inspector import head_config_from
 from model.net.backbone import BackboneInfo
 from model.net.config import TrainConfig
 from model.net.grad import GRADHead
-from model.train import (
-    build_parser,
-    build_scheduler,
-    config_from_args,
-    heldout_loss,
-    train_from_features,
-)
+from model.train import build_parser, config_from_args
+from model.training.fit import build_scheduler, heldout_loss
+from model.training.options import TrainOptions
+from model.training.run import train_from_features
 
 INFO = BackboneInfo(
     name="synthetic",
@@ -42,9 +39,8 @@ def test_keep_last_exports_the_final_epoch_beside_the_selected_one(tmp_path: Pat
     # A learning rate far above the reference makes the held-out loss rise again at the end, so
     # the held-out choice and the final epoch are different models.
     cfg = TrainConfig(epochs=4, batch_size=6, seed=3, lr=0.1, clip_norm=100.0)
-    meta = train_from_features(
-        train, held, out, cfg, INFO, 224, torch.device("cpu"), keep_last=True
-    )
+    options = TrainOptions(keep_last=True)
+    meta = train_from_features(train, held, out, cfg, INFO, 224, torch.device("cpu"), options)
     last_tensors, last = load_checkpoint(tmp_path / "m-last.safetensors")
     history = json.loads(Path(f"{out}.history.json").read_text())
 

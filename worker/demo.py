@@ -32,7 +32,7 @@ TOPIC = "line-demo"
 def train_model(data: Path, out: Path, epochs: int) -> Path:
     from model.net.config import TrainConfig
     from model.settings import ModelSettings
-    from model.train import train
+    from model.training.run import train
 
     ckpt = out / "model.safetensors"
     meta = train(data, ckpt, TrainConfig(epochs=epochs, batch_size=16), ModelSettings())

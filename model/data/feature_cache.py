@@ -20,6 +20,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,6 +33,17 @@ from model.data.recorded_images import LoadedImage
 from model.net.backbone import FrozenBackbone
 
 BATCH = 32
+
+
+class FeatureSettings(Protocol):
+    """What computing features needs from a program's settings (`model.settings.ModelSettings`
+    has these fields): the library takes them as plain values, never reads the environment."""
+
+    backbone: str
+    backbone_weights: Path | None
+    device: str
+    image_size: int
+    cache_dir: Path
 
 
 def backbone_key(backbone: FrozenBackbone, image_size: int) -> str:

@@ -1,12 +1,12 @@
-"""MVTec-layout data sets: which images train, which are held out, which are for testing.
+"""MVTec-layout data sets: which images train and which are for testing.
 
-Training sees `train/good` only; a seeded share of each class's `train/good` is held out for
-calibration and model selection, so no test image ever influences the model or its thresholds.
+Training sees `train/good` only (a seeded share of it is held out for calibration and model
+selection: `model.training.split`), so no test image ever influences the model or its
+thresholds.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,28 +50,6 @@ def train_images(root: Path, classes: list[str] | None = None) -> dict[str, list
             raise DatasetError(f"class {c!r} has no images in {folder}")
         out[c] = imgs
     return out
-
-
-def split_heldout(
-    images: dict[str, list[Path]], fraction: float, minimum: int, seed: int
-) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """Seeded per-class split of normal images into (train, held out).
-
-    Each class keeps at least `minimum` held-out images (calibration needs a few even for small
-    classes) and at least half of its images for training.
-    """
-    if minimum < 2:  # a setting error, not a data one: say so rather than blame a class
-        raise ValueError(f"held-out minimum {minimum}: calibration needs at least 2 images")
-    train, held = {}, {}
-    for c, paths in images.items():
-        order = list(paths)
-        random.Random(f"{seed}:{c}").shuffle(order)
-        k = max(minimum, round(fraction * len(order)))
-        k = min(k, len(order) // 2)
-        if k < 2:
-            raise DatasetError(f"class {c!r} has {len(order)} normal images; at least 4 needed")
-        held[c], train[c] = sorted(order[:k]), sorted(order[k:])
-    return train, held
 
 
 def test_items(root: Path, classes: list[str] | None = None) -> list[TestItem]:

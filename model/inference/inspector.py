@@ -49,15 +49,37 @@ def head_scores(
     return score_features(x, x_hat, image_size)
 
 
+@torch.no_grad()
+def image_scores(
+    head: GRADHead, feats: torch.Tensor, image_size: int, device: torch.device, batch: int = 32
+) -> np.ndarray:
+    """Image scores of many features (N x C x S x S on the CPU), a batch at a time, float64:
+    what calibration and the gate measure, through the same `head_scores` as serving."""
+    head.eval()
+    if len(feats) == 0:
+        return np.zeros(0, dtype=np.float64)
+    out = [
+        head_scores(head, feats[i : i + batch].to(device), image_size, device)[1].float().cpu()
+        for i in range(0, len(feats), batch)
+    ]
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+# The head's configuration as a checkpoint records it; the rest (jitter, refinement weights)
+# is training-time behaviour or the method's constants.
+_HEAD_FIELDS = ("channels", "feature_size", "variant", "local_grid", "global_grid")
+
+
 def head_config_from(meta: CheckpointMeta) -> HeadConfig:
+    """The head a checkpoint describes (the inverse of `head_fields`)."""
     return HeadConfig(
-        channels=meta.channels,
-        feature_size=meta.feature_size,
-        variant=meta.variant,
-        local_grid=meta.local_grid,
-        global_grid=meta.global_grid,
-        refine_threshold=meta.refine_threshold,
+        **{k: getattr(meta, k) for k in _HEAD_FIELDS}, refine_threshold=meta.refine_threshold
     )
+
+
+def head_fields(cfg: HeadConfig) -> dict[str, int | str | float]:
+    """What a checkpoint's metadata records of a head (the inverse of `head_config_from`)."""
+    return {**{k: getattr(cfg, k) for k in _HEAD_FIELDS}, "refine_threshold": cfg.refine_threshold}
 
 
 @dataclass(frozen=True)
