@@ -34,7 +34,7 @@ from scipy.stats import t as student_t
 
 from model.data.images import read_image
 from model.data.mvtec import test_items, train_images
-from model.evaluate import image_labels, score_items
+from model.evaluation.run import image_labels, score_items
 from model.inference.inspector import Inspector
 from model.metrics.calibration import calibrate, lognormal_quantile
 from model.net.config import TrainConfig

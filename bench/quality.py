@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.throughput import measure
-from model.evaluate import evaluate, format_table
+from model.evaluation.run import evaluate, format_table
 from model.inference.inspector import Inspector
 from model.net.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.settings import ModelSettings

@@ -33,7 +33,7 @@ import torch
 
 from model.data.images import read_image
 from model.data.mvtec import discover_classes
-from model.evaluate import evaluate
+from model.evaluation.run import evaluate
 from model.inference.inspector import Inspector
 from model.net.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.promotion import register

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from model.data.sample import make_sample
-from model.evaluate import evaluate, format_table
+from model.evaluation.run import evaluate, format_table
 from model.inference.inspector import Inspector
 from model.net.config import TrainConfig
 from model.settings import ModelSettings

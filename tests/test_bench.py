@@ -30,7 +30,7 @@ def test_score_ablation_spec_variant_is_the_production_score(tiny_ckpt, sample_d
 
     from bench.score_ablation import SCORES, class_table, score_variants
     from model.data.mvtec import discover_classes, test_items
-    from model.evaluate import score_items
+    from model.evaluation.run import score_items
     from model.inference.inspector import Inspector
 
     inspector = Inspector.from_checkpoint(tiny_ckpt, device="cpu")

@@ -10,7 +10,7 @@ import numpy as np
 
 from model.data.mvtec import discover_classes
 from model.data.mvtec import test_items as list_test_items
-from model.evaluate import evaluate, score_items
+from model.evaluation.run import evaluate, score_items
 from model.inference.inspector import Inspector
 from model.metrics.curves import auroc
 

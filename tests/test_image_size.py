@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from model.data.images import read_image
 from model.data.mvtec import discover_classes
 from model.data.mvtec import test_items as list_test_items
-from model.evaluate import METRIC_SIZE, evaluate, score_items
+from model.evaluation.run import METRIC_SIZE, evaluate, score_items
 from model.inference.inspector import Inspector
 from model.net.config import TrainConfig
 from model.training.run import train
@@ -54,7 +54,7 @@ def test_an_input_size_off_the_feature_grid_is_refused_by_name():
 
 
 def test_maps_of_any_size_come_to_224_without_moving_a_defect():
-    from model.evaluate import at_metric_size
+    from model.evaluation.run import at_metric_size
 
     for size in (160, 448):
         m = np.zeros((size, size), np.float32)
