@@ -1,5 +1,5 @@
-"""What the malloc tuning (`model/allocator.py`) is worth: the inference API at one batch size
-in fresh processes with and without it, taking turns.
+"""What the malloc tuning (`model/inference/allocator.py`) is worth: the inference API at one
+batch size in fresh processes with and without it, taking turns.
 
     python -m bench.allocator --data ../shared/data/industrial [--checkpoint CKPT] [--batch 8]
 

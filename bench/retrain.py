@@ -35,11 +35,10 @@ from model.data.images import read_image
 from model.data.mvtec import discover_classes
 from model.evaluation.run import evaluate
 from model.inference.inspector import Inspector
+from model.lifecycle.promotion import register
+from model.lifecycle.retraining import RetrainOptions, run
 from model.net.config import DECODERS, DEFAULT_VARIANT, TrainConfig
-from model.promotion import register
-from model.retrain import RetrainOptions, run
-from model.retrain_settings import RetrainSettings
-from model.settings import ModelSettings
+from model.settings import ModelSettings, RetrainSettings
 from model.stores.artifacts import ArtifactStore
 from model.stores.migrations import migrate
 from model.stores.records import RecordStore

@@ -19,8 +19,8 @@ import argparse
 import sys
 
 from model.inference.checkpoint import CheckpointError
-from model.promotion import PromotionError, PromotionOutcome, find_bytes, promote
-from model.retrain_settings import RetrainSettings
+from model.lifecycle.promotion import PromotionError, PromotionOutcome, find_bytes, promote
+from model.settings import RetrainSettings
 from model.stores.artifacts import ArtifactStore
 from model.stores.failures import report_failures
 from model.stores.records import RecordStore

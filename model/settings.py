@@ -1,4 +1,10 @@
-"""Settings of the model package, read once (environment, `.env`) and passed down.
+"""Settings of the model package's programs, read once (environment, `.env`) and passed down.
+
+`ModelSettings` (backbone, device, feature cache, input size) for `model.train`,
+`model.evaluate` and `model.demo`; `RetrainSettings` (the stores, selection, training and gate)
+for `model.retrain` and `model.promote`: environment variables `GRAD_<NAME>` (lists
+comma-separated). Secrets (a database or Redis URL carrying a password) are `SecretStr`, never
+printed. This module only declares: a program reads them once, at its start.
 
 CLI flags override these; library functions take plain arguments and never read the
 environment themselves.
@@ -6,12 +12,16 @@ environment themselves.
 
 from __future__ import annotations
 
+import getpass
+import socket
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PositiveInt, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.net.backbone import DEFAULT_BACKBONE
+from model.stores.sql import DEFAULT_URL
 
 
 class ModelSettings(BaseSettings):
@@ -37,3 +47,72 @@ class ModelSettings(BaseSettings):
         if v < 64 or v % 16:
             raise ValueError(f"image_size must be a multiple of 16 and at least 64, got {v}")
         return v
+
+
+MiB = 1024 * 1024
+
+
+def _default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in a bare container
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+class RetrainSettings(ModelSettings):
+    # Where the record and the models are (the same stores the workers use).
+    database_url: SecretStr = SecretStr(DEFAULT_URL)
+    redis_url: SecretStr | None = Field(
+        default=None, description="state store of the workers; unset: SQL + artifact store only"
+    )
+    state_prefix: str = "grad"
+    artifact_store: str = "models"
+
+    # Where recorded image URIs may point (as the worker's WORKER_IMAGE_ROOTS); rows pointing
+    # elsewhere are counted as unavailable, never read.
+    image_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_image_bytes: PositiveInt = 32 * MiB
+    max_pixels: PositiveInt = 40_000_000
+
+    # Selection. Unlabelled images join the training set only when enabled, only when scored
+    # against their class's own calibration, and only with score < threshold x (1 - margin).
+    include_unlabelled: bool = False
+    unlabelled_margin: float = Field(default=0.5, gt=0, lt=1)
+    max_images_per_class: PositiveInt = 400
+    max_anomalies_per_class: PositiveInt = 200
+    # Below this many readable normal images a class is not trained on: skipped when it simply
+    # has too few recorded, an error when unreadable images brought it below.
+    min_images_per_class: Annotated[int, Field(ge=4)] = 10
+
+    # Training (warm start from the active model unless --from-scratch).
+    retrain_epochs: Annotated[int, Field(ge=0)] = 10  # 0: recalibrate the active model only
+    retrain_batch_size: PositiveInt = 16
+    heldout_fraction: float = Field(default=0.25, gt=0, lt=1)
+    heldout_min: Annotated[int, Field(ge=2)] = 5
+    target_fpr: float = Field(default=0.01, gt=0, lt=1)
+    seed: int = 0
+
+    # The gate: the candidate may be worse than the active model by at most this much.
+    gate_fpr_tolerance: float = Field(default=0.02, ge=0, le=1)
+    gate_recall_tolerance: float = Field(default=0.05, ge=0, le=1)
+    gate_auroc_tolerance: float = Field(default=0.02, ge=0, le=1)
+    # Differences this many images can account for are noise (small held-out sets): a rate's
+    # tolerance is at least gate_noise_images / images measured (model.lifecycle.gate).
+    gate_noise_images: Annotated[int, Field(ge=0)] = 1
+
+    # Where each run writes its candidate and report (`<retrain_dir>/<UTC time>/`).
+    retrain_dir: Path = Path("runs/retrain")
+    # Who promotions are recorded as made by.
+    promoted_by: str = Field(default_factory=_default_actor)
+
+    @field_validator("image_roots", mode="before")
+    @classmethod
+    def _split_commas(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    def public(self) -> dict[str, object]:
+        """For reports and logs: secrets masked."""
+        return self.model_dump(mode="json")

@@ -105,7 +105,7 @@ def router(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     """The worker's model router in process (in-process state store), serving `tiny_ckpt`."""
     from model.stores.artifacts import ArtifactStore
     from model.stores.state import open_state_store
-    from worker.models import ModelRouter
+    from worker.router import ModelRouter
 
     r = ModelRouter(open_state_store(None), ArtifactStore(tmp_path_factory.mktemp("models")), "cpu")
     r.start(tiny_ckpt)

@@ -44,7 +44,7 @@ import yaml
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
-from model.retrain_settings import RetrainSettings
+from model.settings import RetrainSettings
 from worker.endpoints import LIVEZ, METRICS, READYZ
 from worker.metrics import WorkerMetrics
 from worker.settings import WorkerSettings
@@ -1354,7 +1354,9 @@ def dockerignore_excludes(path: str) -> bool:
 def test_dockerignore_sends_sources_and_nothing_else() -> None:
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    setuptools = project["tool"]["setuptools"]
+    folders = setuptools.get("package-dir", {})
+    packages = [folders.get(p, p.replace(".", "/")) for p in setuptools["packages"]]
     needed = [
         "pyproject.toml",
         project["project"]["readme"],

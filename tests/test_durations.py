@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from model.durations import WindowError, parse_duration, parse_time, resolve_window
+from model.lifecycle.window import WindowError, parse_duration, parse_time, resolve_window
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.gate import ClassScores, Tolerances, cross_fitted_fpr, decide, model_metrics
+from model.lifecycle.gate import ClassScores, Tolerances, cross_fitted_fpr, decide, model_metrics
 
 RNG = np.random.default_rng(0)
 NORMALS = np.exp(RNG.normal(0.0, 0.1, 40))  # around 1.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from model.inference.checkpoint import from_bytes, read_meta
-from model.promotion import register
+from model.lifecycle.promotion import register
 from model.stores.artifacts import ArtifactStore
 from model.stores.migrations import migrate
 from model.stores.records import RecordStore

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from model.inference.checkpoint import from_bytes
-from model.retrain import RetrainError, RetrainOptions, TestHooks, main, run
-from model.retrain_settings import RetrainSettings
-from model.selection import SelectionError
+from model.lifecycle.retraining import RetrainError, RetrainOptions, TestHooks, run
+from model.lifecycle.selection import SelectionError
+from model.retrain import main
+from model.settings import RetrainSettings
 from model.stores.migrations import migrate
 from model.stores.records import RecordStore
 from model.stores.state import RedisStateStore

@@ -1,6 +1,6 @@
-"""Which recorded inspections a retrain may learn from (`model.selection`), on real databases:
-never an image labelled anomalous, unlabelled ones only when enabled and clearly normal, caps,
-and unreadable images counted, not fatal unless too few remain."""
+"""Which recorded inspections a retrain may learn from (`model.lifecycle.selection`), on real
+databases: never an image labelled anomalous, unlabelled ones only when enabled and clearly normal,
+caps, and unreadable images counted, not fatal unless too few remain."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from model.data.recorded_images import ImageUnavailable, RecordedImages
-from model.selection import (
+from model.lifecycle.selection import (
     Picked,
     SelectionError,
     confidently_normal,

@@ -6,7 +6,7 @@
 - `breaker`: the crash-loop breaker's in-flight markers (a record that kills workers becomes a
   `poison` dead letter);
 - `intake`: limits before parsing, strict contracts (`schemas`);
-- `pipeline`: the per-record boundary: fetch and decode (`image_source`), score (`models`
+- `pipeline`: the per-record boundary: fetch and decode (`image_source`), score (`router`
   routes each class to its model version), heatmaps (`heatmaps`), results; Kafka-free;
 - `rejected`, `dead_letters`: a record's failure and the dead letter that records it (spilled
   to a store when it does not fit);

@@ -39,10 +39,10 @@ from worker.image_source import ImageSource
 from worker.intake import RecordLimits
 from worker.kafka_io import unreadable_position
 from worker.metrics import WorkerMetrics
-from worker.models import ModelRouter
 from worker.pipeline import BatchProcessor, Outgoing, Pending, admit
 from worker.publisher import Publisher
 from worker.rejected import Rejected
+from worker.router import ModelRouter
 from worker.settings import WorkerSettings
 
 T = TypeVar("T")

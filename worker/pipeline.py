@@ -34,8 +34,8 @@ from worker.dead_letters import DeadLetterWriter
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource
 from worker.intake import RecordLimits, parse_event, parse_label
-from worker.models import ModelRouter
 from worker.rejected import Rejected
+from worker.router import ModelRouter
 
 T = TypeVar("T")
 

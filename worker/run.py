@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker.kafka_io import build_consumer, build_producer
     from worker.loop import Worker
     from worker.metrics import WorkerMetrics
-    from worker.models import ModelRouter
+    from worker.router import ModelRouter
 
     metrics = WorkerMetrics()
     health = Health(settings.liveness_timeout_s)

@@ -58,7 +58,7 @@ class ModelRouter:
         self.store_ok = True
         self.changed = threading.Event()
         self.last_refresh = 0.0
-        self.log = structlog.get_logger("worker.models")
+        self.log = structlog.get_logger("worker.router")
         self._unsubscribe = None
 
     # -- start-up ----------------------------------------------------------------------------

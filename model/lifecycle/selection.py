@@ -22,7 +22,6 @@ images than the minimum is skipped when it simply has too few recorded, and is a
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Literal
 
 from model.data.recorded_images import ImageUnavailable, LoadedImage, RecordedImages
 from model.stores.records import RecordStore
+from model.training.split import TooFewNormals, split_tiers
 from schemas.records import InspectionRecord
 
 Source = Literal["labelled_normal", "unlabelled_below_margin", "confirmed_anomaly"]
@@ -253,17 +253,10 @@ def split_normals(
     other = sorted(
         (p for p in normals if p.source != "labelled_normal"), key=lambda p: p.image.sha256
     )
-    rng = random.Random(f"{seed}:{product_class}")
-    rng.shuffle(labelled)
-    rng.shuffle(other)
-    k = min(max(minimum, round(fraction * len(normals))), len(normals) // 2)
-    if k < 2:
-        raise SelectionError(
-            f"class {product_class!r} has {len(normals)} usable normal images; at least 4 needed"
-        )
-    pool = labelled + other
-    held, train = pool[:k], pool[k:]
-    return train, held
+    try:
+        return split_tiers([labelled, other], fraction, minimum, seed, product_class)
+    except TooFewNormals as exc:
+        raise SelectionError(str(exc)) from exc
 
 
 def format_selection(selection: dict[str, ClassSelection]) -> str:
