@@ -15,6 +15,7 @@ from model.data.recorded_images import ImageUnavailable, RecordedImages
 from model.lifecycle.selection import (
     Picked,
     SelectionError,
+    SelectionRules,
     confidently_normal,
     normal_candidates,
     select,
@@ -52,17 +53,10 @@ def reader_for(*roots: Path) -> RecordedImages:
     return RecordedImages([str(r) for r in roots], max_bytes=1 << 20, max_pixels=10**6)
 
 
-def run_select(store, root, **kw):
-    args = dict(
-        classes=None,
-        include_unlabelled=False,
-        margin=0.5,
-        max_images=100,
-        max_anomalies=100,
-        min_images=4,
-    )
-    args.update(kw)
-    return select(store, reader_for(root), START, END, **args)
+def run_select(store, root, classes=None, **kw):
+    args = dict(include_unlabelled=False, margin=0.5, max_images=100, max_anomalies=100)
+    rules = SelectionRules(**{**args, "min_images": 4, **kw})
+    return select(store, reader_for(root), START, END, classes=classes, rules=rules)
 
 
 def at(minutes_ago: float) -> datetime:

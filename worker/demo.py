@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from model.stores.records import RecordStore
-from schemas import DeadLetter, InspectionResult
+from schemas import DeadLetter, InspectionEvent, InspectionResult
 from worker.embedded_broker import EmbeddedBroker
 from worker.feed import feed, inspection_images, make_event, producer_for, read_topics
 from worker.process import WorkerProcess
@@ -68,31 +68,21 @@ def latency_s(r: InspectionResult) -> float:
     return (r.processed_at - r.captured_at).total_seconds()
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m worker.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, help="MVTec-layout directory (default: generated)")
     ap.add_argument("--checkpoint", type=Path, help="use this model instead of training one")
     ap.add_argument("--out", type=Path, default=Path("runs/worker-demo"))
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=8)
-    args = ap.parse_args(argv)
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    return ap
 
-    if args.data is None:
-        from model.data.sample import make_sample
 
-        args.data = make_sample(out / "sample")
-    data = args.data.resolve()
-    ckpt = args.checkpoint or train_model(data, out, args.epochs)
-
-    images = list(inspection_images(data))
-    events = [
-        make_event(img, cls, line=TOPIC, inline=(i % 4 == 0))
-        for i, (cls, img, _) in enumerate(images)
-    ]
-    truth = {ev.event_id: defective for ev, (_, _, defective) in zip(events, images, strict=True)}
-
+def stream(
+    events: list[InspectionEvent], data: Path, ckpt: Path, out: Path, max_batch: int
+) -> tuple[list, float, int]:
+    """The events through a real worker on an embedded broker: (records from the results and
+    dead-letter topics, seconds from the first send to the last record, the worker's exit)."""
     with EmbeddedBroker(log_path=out / "broker.log") as broker:
         print(f"embedded Kafka-protocol broker on {broker.bootstrap}")
         broker.create_topic(TOPIC, 3)
@@ -106,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             heatmaps=out / "heatmaps",
             log=out / "worker.log",
             group="demo",
-            max_batch=args.max_batch,
+            max_batch=max_batch,
         ).start()
         try:
             worker.wait_ready(timeout_s=180)
@@ -125,6 +115,35 @@ def main(argv: list[str] | None = None) -> None:
             elapsed = time.monotonic() - t0
         finally:
             code = worker.stop()
+    return got, elapsed, code
+
+
+def print_flagged(results: list[InspectionResult]) -> None:
+    flagged = sorted((r for r in results if r.is_anomalous), key=lambda r: -r.score)[:3]
+    if flagged:
+        print("heatmaps of the highest-scoring images (16-bit PNG, open in any viewer):")
+        for r in flagged:
+            print(f"  {r.product_class:<12} score {r.score:8.2f}  {r.heatmap_uri}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.data is None:
+        from model.data.sample import make_sample
+
+        args.data = make_sample(out / "sample")
+    data = args.data.resolve()
+    ckpt = args.checkpoint or train_model(data, out, args.epochs)
+
+    images = list(inspection_images(data))
+    events = [
+        make_event(img, cls, line=TOPIC, inline=(i % 4 == 0))
+        for i, (cls, img, _) in enumerate(images)
+    ]
+    truth = {ev.event_id: defective for ev, (_, _, defective) in zip(events, images, strict=True)}
+    got, elapsed, code = stream(events, data, ckpt, out, args.max_batch)
     results = [
         InspectionResult.model_validate_json(r.value) for r in got if r.topic.endswith(".results")
     ]
@@ -136,11 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\n{len(results)} results and {len(dead)} dead letters in {elapsed:.1f} s "
         f"({len(results) / elapsed:.1f} images/s) by model {version}; worker exited with {code}"
     )
-    flagged = sorted((r for r in results if r.is_anomalous), key=lambda r: -r.score)[:3]
-    if flagged:
-        print("heatmaps of the highest-scoring images (16-bit PNG, open in any viewer):")
-        for r in flagged:
-            print(f"  {r.product_class:<12} score {r.score:8.2f}  {r.heatmap_uri}")
+    print_flagged(results)
     db = out / "inspections.sqlite3"
     with RecordStore(f"sqlite:///{db}") as records:
         rows = records.count()

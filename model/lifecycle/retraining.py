@@ -51,6 +51,7 @@ from model.lifecycle.promotion import find_bytes, promote, register
 from model.lifecycle.selection import (
     ClassSelection,
     Picked,
+    SelectionRules,
     format_selection,
     select,
     split_normals,
@@ -238,11 +239,13 @@ def _run(
         start,
         end,
         classes=opts.classes,
-        include_unlabelled=settings.include_unlabelled,
-        margin=settings.unlabelled_margin,
-        max_images=settings.max_images_per_class,
-        max_anomalies=settings.max_anomalies_per_class,
-        min_images=settings.min_images_per_class,
+        rules=SelectionRules(
+            include_unlabelled=settings.include_unlabelled,
+            margin=settings.unlabelled_margin,
+            max_images=settings.max_images_per_class,
+            max_anomalies=settings.max_anomalies_per_class,
+            min_images=settings.min_images_per_class,
+        ),
     )
     say(
         "selection (normal images labelled by an operator"

@@ -158,6 +158,17 @@ def read_until(
     return picked, unavailable, 0
 
 
+@dataclass(frozen=True)
+class SelectionRules:
+    """What a retrain may learn from (the settings' selection fields, `model.settings`)."""
+
+    include_unlabelled: bool = False
+    margin: float = 0.5  # unlabelled images only below threshold x (1 - margin)
+    max_images: int = 400
+    max_anomalies: int = 200
+    min_images: int = 10
+
+
 def select(
     records: RecordStore,
     reader: RecordedImages,
@@ -165,73 +176,108 @@ def select(
     end: datetime,
     *,
     classes: Sequence[str] | None,
-    include_unlabelled: bool,
-    margin: float,
-    max_images: int,
-    max_anomalies: int,
-    min_images: int,
+    rules: SelectionRules,
 ) -> dict[str, ClassSelection]:
-    """The selection for every class recorded in the window (or only `classes`)."""
+    """The selection for every class recorded in the window (or only `classes`); a
+    `SelectionError` naming every class whose readable images fell below the minimum."""
     counts = records.window_counts(start, end, classes)
     out: dict[str, ClassSelection] = {}
     errors = []
-    fetch = 2 * max_images + 50  # rows per kind fetched: room for duplicates and unreadable ones
     for c, window in counts.items():
         sel = ClassSelection(c, window)
-        labelled = records.inspections_in_window(start, end, c, label="normal", limit=fetch)
-        unlabelled = (
-            records.inspections_in_window(
-                start,
-                end,
-                c,
-                label=None,
-                calibrated_only=True,
-                max_score_ratio=1.0 - margin,
-                with_image_uri=True,
-                limit=fetch,
-            )
-            if include_unlabelled
-            else []
-        )
-        uris = [r.image_uri for r in (*labelled, *unlabelled) if r.image_uri is not None]
-        anomalous = records.anomalous_image_uris(uris)
-        sel.candidates, sel.excluded = normal_candidates(
-            labelled, unlabelled, anomalous, include_unlabelled=include_unlabelled, margin=margin
-        )
-        if include_unlabelled:
-            # Unlabelled rows the query did not return: not clearly normal, or inline.
-            sel.excluded["unlabelled_not_used"] += max(0, window["unlabelled"] - len(unlabelled))
-        sel.normals, sel.unavailable, sel.capped = read_until(
-            [(cand.row, cand.source) for cand in sel.candidates], reader, max_images
-        )
-        confirmed = records.inspections_in_window(
-            start, end, c, label="anomalous", limit=2 * max_anomalies + 50
-        )
-        seen: set[str] = set()
-        rows = []
-        for r in confirmed:
-            if r.image_uri is not None and r.image_uri in seen:
-                continue
-            if r.image_uri is not None:
-                seen.add(r.image_uri)
-            rows.append((r, "confirmed_anomaly"))
-        sel.anomalies, sel.anomalies_unavailable, _ = read_until(rows, reader, max_anomalies)
-        usable, recorded = len(sel.normals), len(sel.candidates)
-        if usable < min_images:
-            lost = sum(sel.unavailable.values())
-            if recorded >= min_images:
-                errors.append(
-                    f"class {c!r}: only {usable} of {recorded} selected normal images could be "
-                    f"read ({_reasons(sel.unavailable)}), at least {min_images} are needed"
-                )
-            sel.status = "skipped"
-            sel.note = f"{usable} usable normal images, at least {min_images} needed" + (
-                f" ({lost} unavailable)" if lost else ""
-            )
+        _select_normals(sel, records, reader, (start, end), rules)
+        _select_anomalies(sel, records, reader, (start, end), rules)
+        error = _judge(sel, rules.min_images)
+        if error:
+            errors.append(error)
         out[c] = sel
     if errors:
         raise SelectionError("; ".join(errors))
     return out
+
+
+def _select_normals(
+    sel: ClassSelection,
+    records: RecordStore,
+    reader: RecordedImages,
+    window: tuple[datetime, datetime],
+    rules: SelectionRules,
+) -> None:
+    """Labelled normals (and, when enabled, clearly normal unlabelled images), never an image
+    labelled anomalous anywhere, read until the cap."""
+    start, end, c = *window, sel.product_class
+    fetch = 2 * rules.max_images + 50  # rows per kind fetched: room for duplicates, unreadable
+    labelled = records.inspections_in_window(start, end, c, label="normal", limit=fetch)
+    unlabelled = (
+        records.inspections_in_window(
+            start,
+            end,
+            c,
+            label=None,
+            calibrated_only=True,
+            max_score_ratio=1.0 - rules.margin,
+            with_image_uri=True,
+            limit=fetch,
+        )
+        if rules.include_unlabelled
+        else []
+    )
+    uris = [r.image_uri for r in (*labelled, *unlabelled) if r.image_uri is not None]
+    anomalous = records.anomalous_image_uris(uris)
+    sel.candidates, sel.excluded = normal_candidates(
+        labelled,
+        unlabelled,
+        anomalous,
+        include_unlabelled=rules.include_unlabelled,
+        margin=rules.margin,
+    )
+    if rules.include_unlabelled:
+        # Unlabelled rows the query did not return: not clearly normal, or inline.
+        sel.excluded["unlabelled_not_used"] += max(0, sel.window["unlabelled"] - len(unlabelled))
+    sel.normals, sel.unavailable, sel.capped = read_until(
+        [(cand.row, cand.source) for cand in sel.candidates], reader, rules.max_images
+    )
+
+
+def _select_anomalies(
+    sel: ClassSelection,
+    records: RecordStore,
+    reader: RecordedImages,
+    window: tuple[datetime, datetime],
+    rules: SelectionRules,
+) -> None:
+    """The window's operator-confirmed anomalies (for the gate), one per image."""
+    start, end = window
+    confirmed = records.inspections_in_window(
+        start, end, sel.product_class, label="anomalous", limit=2 * rules.max_anomalies + 50
+    )
+    seen: set[str] = set()
+    rows = []
+    for r in confirmed:
+        if r.image_uri is not None and r.image_uri in seen:
+            continue
+        if r.image_uri is not None:
+            seen.add(r.image_uri)
+        rows.append((r, "confirmed_anomaly"))
+    sel.anomalies, sel.anomalies_unavailable, _ = read_until(rows, reader, rules.max_anomalies)
+
+
+def _judge(sel: ClassSelection, min_images: int) -> str | None:
+    """Skip a class with too few usable normals; an error when unreadable images caused it."""
+    usable, recorded = len(sel.normals), len(sel.candidates)
+    if usable >= min_images:
+        return None
+    lost = sum(sel.unavailable.values())
+    sel.status = "skipped"
+    sel.note = f"{usable} usable normal images, at least {min_images} needed" + (
+        f" ({lost} unavailable)" if lost else ""
+    )
+    if recorded >= min_images:
+        return (
+            f"class {sel.product_class!r}: only {usable} of {recorded} selected normal images "
+            f"could be read ({_reasons(sel.unavailable)}), at least {min_images} are needed"
+        )
+    return None
 
 
 def _reasons(counter: Counter) -> str:
