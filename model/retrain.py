@@ -1,32 +1,11 @@
 """`python -m model.retrain --since 7d`: learn from what the line recorded, check the result
 against the active model, promote it only if it is at least as good.
 
-1. **Select** the inspections processed in the window (`--since`, `--until`: durations such as
-   `12h`, `7d`, `2w`, or ISO dates) from the SQL record (`model.lifecycle.selection`):
-   images an operator labelled normal, plus, when enabled, unlabelled images scored well below their
-   class's threshold; never an image labelled anomalous; capped per class. The images are read back
-   through their recorded URIs, under the configured image roots only. The selection and its
-   counts are printed first; `--dry-run` stops there.
-2. **Train** one unified model on every selected class, warm-started from the active model
-   (`--from-scratch` to start anew), with backbone features cached by image content, on the GPU
-   when there is one. A seeded share of each class's normals is held out: the best epoch is
-   chosen and each class calibrated on it. A class new to the line is learned and calibrated
-   here, with no other step.
-3. **Gate** (`model.lifecycle.gate`): candidate and active model, per class, on the same
-   held-out normals and the window's operator-confirmed anomalies: false-positive rate at the
-   recalibrated threshold, recall, image AUROC; the candidate must not be worse beyond the
-   tolerances.
-4. **Record and promote** (`--promote auto|never|force`): the candidate's checkpoint goes to
-   the artifact store and the SQL registry with its lineage (parent, window, images per class,
-   both models' figures, the gate's decision) whatever the verdict; when promoted it becomes
-   active in SQL and in the workers' state store, whose announcement makes running workers
-   switch between two batches. `python -m model.promote VERSION` rolls back.
-
-A JSON report (`<out>/report.json`) and a table say what was used, measured and decided.
-Settings: `GRAD_*` environment variables (`model.settings.RetrainSettings`); flags override
-them. The steps are `model.lifecycle.retraining`.
-Exit status 0 when the run completed (promoted or not: the report says why), 1 when it could
-not (no usable data for a class, a store unreachable), 2 for a usage error.
+The steps (select, train, gate, record and promote) and what each decides are described where
+they run, `model.lifecycle.retraining`. Settings: `GRAD_*` environment variables
+(`model.settings.RetrainSettings`); flags override them. Exit status 0 when the run completed
+(promoted or not: the report says why), 1 when it could not (no usable data for a class, a
+store unreachable), 2 for a usage error.
 """
 
 from __future__ import annotations
