@@ -16,24 +16,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
-
-from model.stores.records import RecordStore
-from model.stores.sql import DEFAULT_URL, RecordStoreUnavailable, safe_url
+from model.core.clock import utc_now
+from model.settings import LabelSettings
+from model.stores.labels import LabelError, record_label
+from model.stores.sql import safe_url
 from schemas.events import EVENT_ID_PATTERN
-
-
-class LabelSettings(BaseSettings):
-    """Where the records are (GRAD_DATABASE_URL)."""
-
-    model_config = SettingsConfigDict(env_prefix="GRAD_", env_file=".env", extra="ignore")
-
-    database_url: str = DEFAULT_URL
 
 
 def _aware_time(value: str) -> datetime:
@@ -78,45 +67,21 @@ def build_parser(default_url: str) -> argparse.ArgumentParser:
         "--database-url",
         default=default_url,
         metavar="URL",
-        help="SQLAlchemy URL (default: GRAD_DATABASE_URL, else %(default)s)",
+        help=f"SQLAlchemy URL (default: GRAD_DATABASE_URL, else {safe_url(default_url)})",
     )
     return p
 
 
-def _missing_sqlite_file(url: str) -> Path | None:
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
-        return None
-    path = Path(u.database)
-    return None if path.exists() else path
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(LabelSettings().database_url).parse_args(argv)
-    url: str = args.database_url
-    where = safe_url(url)
-    missing = _missing_sqlite_file(url)
-    if missing is not None:
-        # Opening it would create an empty file and then fail on the missing tables.
-        print(
-            f"error: no database at {missing.resolve()}: the worker creates it when it starts "
-            "(or run `alembic upgrade head`); pass --database-url or set GRAD_DATABASE_URL",
-            file=sys.stderr,
-        )
-        return 1
-    at = args.at or datetime.now(timezone.utc)
+    default_url = LabelSettings().database_url.get_secret_value()
+    args = build_parser(default_url).parse_args(argv)
+    at = args.at or utc_now()
     try:
-        with RecordStore(url) as store:
-            outcome = store.label(args.event_id, args.label, by=args.by, note=args.note, at=at)
-    except RecordStoreUnavailable as exc:
-        print(f"error: cannot reach the database: {exc}", file=sys.stderr)
-        return 1
-    except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
-        print(
-            f"error: the database {where} has no inspection tables (run `alembic upgrade head`):"
-            f" {str(exc.orig).strip().splitlines()[0]}",
-            file=sys.stderr,
+        outcome = record_label(
+            args.database_url, args.event_id, args.label, by=args.by, note=args.note, at=at
         )
+    except LabelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
 
     event = f"event {args.event_id}"

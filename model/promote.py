@@ -19,13 +19,13 @@ import argparse
 import sys
 
 from model.inference.checkpoint import CheckpointError
-from model.lifecycle.promotion import PromotionError, PromotionOutcome, find_bytes, promote
+from model.lifecycle.promotion import PromotionError, PromotionOutcome, promote_recorded
 from model.settings import RetrainSettings
-from model.stores.artifacts import ArtifactStore
+from model.stores.checkpoints import ModelNotFound
+from model.stores.connect import connect
 from model.stores.failures import report_failures
 from model.stores.records import RecordStore
-from model.stores.sql import safe_url
-from model.stores.state import RedisStateStore, StateStore
+from model.stores.state import StateStore
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,44 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
-    db_url = settings.database_url.get_secret_value()
-    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else ""
-    store = RedisStateStore(redis_url, settings.state_prefix) if redis_url else None
 
     def run() -> int:
-        with RecordStore(db_url) as records:
+        with connect(settings) as stores:
             if show:
-                list_versions(records, store)
-                return 0
-            recorded = records.model_version(version)
-            if recorded is None:
-                known = [v.version for v in records.model_versions()]
-                print(
-                    f"error: model version {version!r} is not recorded in {safe_url(db_url)}"
-                    + (f"; recorded: {', '.join(known)}" if known else ""),
-                    file=sys.stderr,
-                )
-                return 1
-            blob = find_bytes(
-                version,
-                store=store,
-                artifacts=ArtifactStore(settings.artifact_store),
-                artifact_uri=recorded.artifact_uri,
-            )
-            outcome = promote(version, blob, records=records, store=store, by=settings.promoted_by)
-        report(version, outcome)
+                list_versions(stores.records, stores.state)
+            else:
+                report(version, promote_recorded(version, stores, settings.promoted_by))
         return 0
 
-    try:
-        return report_failures(
-            run,
-            (PromotionError, CheckpointError),
-            state_store_advice="; the SQL registry may already name the version active: run "
-            "the command again once Redis answers",
-        )
-    finally:
-        if store is not None:
-            store.close()
+    return report_failures(
+        run,
+        (PromotionError, ModelNotFound, CheckpointError),
+        state_store_advice="; the SQL registry may already name the version active: run "
+        "the command again once Redis answers",
+    )
 
 
 def report(version: str, outcome: PromotionOutcome) -> None:

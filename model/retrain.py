@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from model.inference.checkpoint import CheckpointError
-from model.lifecycle.promotion import PromotionError
 from model.lifecycle.retraining import RetrainError, RetrainOptions, run
 from model.lifecycle.selection import SelectionError
 from model.settings import RetrainSettings
+from model.stores.checkpoints import ModelNotFound
 from model.stores.failures import report_failures
 
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         run(settings, opts)
         return 0
 
-    return report_failures(retrain, (RetrainError, SelectionError, PromotionError, CheckpointError))
+    return report_failures(retrain, (RetrainError, SelectionError, ModelNotFound, CheckpointError))
 
 
 if __name__ == "__main__":

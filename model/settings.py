@@ -1,10 +1,12 @@
 """Settings of the model package's programs, read once (environment, `.env`) and passed down.
 
 `ModelSettings` (backbone, device, feature cache, input size) for `model.train`,
-`model.evaluate` and `model.demo`; `RetrainSettings` (the stores, selection, training and gate)
-for `model.retrain` and `model.promote`: environment variables `GRAD_<NAME>` (lists
-comma-separated). Secrets (a database or Redis URL carrying a password) are `SecretStr`, never
-printed. This module only declares: a program reads them once, at its start.
+`model.evaluate` and `model.demo`; `RetrainSettings` (the stores, selection, training and
+gate) for `model.retrain` and `model.promote`; `LabelSettings` for `model.label`. Environment
+variables `GRAD_<NAME>` (lists comma-separated); the stores' fields come from
+`model.stores.settings`, shared with the worker. Secrets (a database or Redis URL carrying a
+password) are `SecretStr`, never printed. This module only declares: a program reads them
+once, at its start.
 
 CLI flags override these; library functions take plain arguments and never read the
 environment themselves.
@@ -17,11 +19,12 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, PositiveInt, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, PositiveInt, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.net.backbone import DEFAULT_BACKBONE
-from model.stores.sql import DEFAULT_URL
+from model.stores.settings import RecordSettings, StoreSettings
+from schemas.model_state import DEFAULT_TARGET_FPR
 
 
 class ModelSettings(BaseSettings):
@@ -49,9 +52,6 @@ class ModelSettings(BaseSettings):
         return v
 
 
-MiB = 1024 * 1024
-
-
 def _default_actor() -> str:
     try:
         user = getpass.getuser()
@@ -60,20 +60,12 @@ def _default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-class RetrainSettings(ModelSettings):
-    # Where the record and the models are (the same stores the workers use).
-    database_url: SecretStr = SecretStr(DEFAULT_URL)
-    redis_url: SecretStr | None = Field(
-        default=None, description="state store of the workers; unset: SQL + artifact store only"
-    )
-    state_prefix: str = "grad"
-    artifact_store: str = "models"
+class RetrainSettings(ModelSettings, StoreSettings):
+    """The stores (`StoreSettings`: the same ones the workers use; rows whose image lies
+    outside `image_roots` are counted as unavailable, never read), selection, training, gate."""
 
-    # Where recorded image URIs may point (as the worker's WORKER_IMAGE_ROOTS); rows pointing
-    # elsewhere are counted as unavailable, never read.
-    image_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_image_bytes: PositiveInt = 32 * MiB
-    max_pixels: PositiveInt = 40_000_000
+    # Stated again: with two bases, the second one's (prefix-less) configuration would win.
+    model_config = SettingsConfigDict(env_prefix="GRAD_", env_file=".env", extra="ignore")
 
     # Selection. Unlabelled images join the training set only when enabled, only when scored
     # against their class's own calibration, and only with score < threshold x (1 - margin).
@@ -90,7 +82,7 @@ class RetrainSettings(ModelSettings):
     retrain_batch_size: PositiveInt = 16
     heldout_fraction: float = Field(default=0.25, gt=0, lt=1)
     heldout_min: Annotated[int, Field(ge=2)] = 5
-    target_fpr: float = Field(default=0.01, gt=0, lt=1)
+    target_fpr: float = Field(default=DEFAULT_TARGET_FPR, gt=0, lt=1)
     seed: int = 0
 
     # The gate: the candidate may be worse than the active model by at most this much.
@@ -106,13 +98,12 @@ class RetrainSettings(ModelSettings):
     # Who promotions are recorded as made by.
     promoted_by: str = Field(default_factory=_default_actor)
 
-    @field_validator("image_roots", mode="before")
-    @classmethod
-    def _split_commas(cls, v: object) -> object:
-        if isinstance(v, str):
-            return [part.strip() for part in v.split(",") if part.strip()]
-        return v
-
     def public(self) -> dict[str, object]:
         """For reports and logs: secrets masked."""
         return self.model_dump(mode="json")
+
+
+class LabelSettings(RecordSettings):
+    """`model.label`: where the records are (`GRAD_DATABASE_URL`)."""
+
+    model_config = SettingsConfigDict(env_prefix="GRAD_", env_file=".env", extra="ignore")

@@ -14,12 +14,14 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.limits import EVENT_ID_LENGTH, NAME_LENGTH, NOTE_LENGTH, PERSON_LENGTH, URI_LENGTH
+
 EVENT_SCHEMA_VERSION = 1
 RESULT_SCHEMA_VERSION = 1
 DEAD_LETTER_SCHEMA_VERSION = 1
 
 # An event id becomes part of a storage key and a database key: keep it printable and bounded.
-EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$"
+EVENT_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{{0,{EVENT_ID_LENGTH - 1}}}$"
 # Names that end up in logs, SQL and file names: no control characters (C0, DEL).
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
@@ -57,16 +59,16 @@ class InspectionEvent(BaseModel):
         pattern=EVENT_ID_PATTERN,
         description="unique id of the inspection; every side effect is idempotent on it",
     )
-    line: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
-    station: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    line: str = Field(min_length=1, max_length=NAME_LENGTH, pattern=NAME_PATTERN)
+    station: str = Field(min_length=1, max_length=NAME_LENGTH, pattern=NAME_PATTERN)
     product_class: str = Field(
         min_length=1,
-        max_length=100,
+        max_length=NAME_LENGTH,
         pattern=NAME_PATTERN,
         description="product class, as the model knows it",
     )
     captured_at: AwareDatetime = Field(description="when the camera took the image (with zone)")
-    image_uri: str | None = Field(default=None, max_length=2048)
+    image_uri: str | None = Field(default=None, max_length=URI_LENGTH)
     image_b64: str | None = Field(default=None, description="inline image bytes, base64")
     attributes: dict[str, Any] = Field(
         default_factory=dict, description="free fields passed through to the result"
@@ -146,9 +148,12 @@ class OperatorLabel(BaseModel):
     event_id: str = Field(pattern=EVENT_ID_PATTERN)
     label: Literal["normal", "anomalous"]
     by: str = Field(
-        min_length=1, max_length=200, pattern=NAME_PATTERN, description="who gave the label"
+        min_length=1,
+        max_length=PERSON_LENGTH,
+        pattern=NAME_PATTERN,
+        description="who gave the label",
     )
-    note: str | None = Field(default=None, max_length=2000)
+    note: str | None = Field(default=None, max_length=NOTE_LENGTH)
     labelled_at: AwareDatetime | None = Field(
         default=None, description="when it was given (default: when the worker reads it)"
     )
@@ -186,7 +191,7 @@ class DeadLetter(BaseModel):
 
     schema_version: Literal[1] = DEAD_LETTER_SCHEMA_VERSION
     reason: DeadLetterReason
-    detail: str = Field(max_length=2000, description="human-readable error, no secrets")
+    detail: str = Field(max_length=NOTE_LENGTH, description="human-readable error, no secrets")
     source_topic: str
     source_partition: int
     source_offset: int

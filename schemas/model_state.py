@@ -11,6 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_VERSION = 1
 
 
+# The share of a class's normal parts calibration lets through as false alarms unless told
+# otherwise: 1 in 100, what a line can re-inspect by hand. One definition for training, the
+# retraining's settings, the gate and calibration itself.
+DEFAULT_TARGET_FPR = 0.01
+
+
 class ClassCalibration(BaseModel):
     """Per-class decision state learned from normal images only.
 

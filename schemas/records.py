@@ -12,6 +12,14 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.events import InspectionResult
+from schemas.limits import (
+    EVENT_ID_LENGTH,
+    NAME_LENGTH,
+    NOTE_LENGTH,
+    PERSON_LENGTH,
+    URI_LENGTH,
+    VERSION_LENGTH,
+)
 from schemas.model_state import ClassCalibration
 
 Label = Literal["normal", "anomalous"]
@@ -26,26 +34,26 @@ class InspectionRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, from_attributes=True)
 
-    event_id: str = Field(min_length=1, max_length=200)
-    line: str = Field(max_length=100)
-    station: str = Field(max_length=100)
-    product_class: str = Field(max_length=100)
+    event_id: str = Field(min_length=1, max_length=EVENT_ID_LENGTH)
+    line: str = Field(max_length=NAME_LENGTH)
+    station: str = Field(max_length=NAME_LENGTH)
+    product_class: str = Field(max_length=NAME_LENGTH)
     captured_at: AwareDatetime
     processed_at: AwareDatetime
     image_uri: str | None = Field(
-        default=None, max_length=2048, description="None for an inline (base64) image"
+        default=None, max_length=URI_LENGTH, description="None for an inline (base64) image"
     )
-    heatmap_uri: str = Field(max_length=2048)
+    heatmap_uri: str = Field(max_length=URI_LENGTH)
     score: float
     threshold: float
     confidence: float = Field(ge=0, le=1)
     is_anomalous: bool
     calibrated: bool
-    model_version: str = Field(max_length=100)
+    model_version: str = Field(max_length=VERSION_LENGTH)
     label: Label | None = None
-    labelled_by: str | None = Field(default=None, max_length=200)
+    labelled_by: str | None = Field(default=None, max_length=PERSON_LENGTH)
     labelled_at: AwareDatetime | None = None
-    label_note: str | None = Field(default=None, max_length=2000)
+    label_note: str | None = Field(default=None, max_length=NOTE_LENGTH)
 
     @classmethod
     def from_result(cls, result: InspectionResult, image_uri: str | None) -> InspectionRecord:

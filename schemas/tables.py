@@ -40,14 +40,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-# Bounds shared with the wire contracts (schemas.events): an event id is at most 200 printable
-# characters; line, station and class at most 100; a URI at most 2048.
-EVENT_ID_LENGTH = 200
-NAME_LENGTH = 100
-URI_LENGTH = 2048
-VERSION_LENGTH = 100
-PERSON_LENGTH = 200
-NOTE_LENGTH = 2000
+from schemas.limits import (
+    EVENT_ID_LENGTH,
+    NAME_LENGTH,
+    NOTE_LENGTH,
+    PERSON_LENGTH,
+    URI_LENGTH,
+    VERSION_LENGTH,
+)
 
 LABELS = ("normal", "anomalous")
 MODEL_STATUSES = ("candidate", "active", "retired")

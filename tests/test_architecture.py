@@ -1,7 +1,8 @@
 """The layout's rules, checked on the source (ast, nothing imported): data flows one way,
 `worker` -> `model` -> `schemas`; inside `model/` a subpackage imports only those below it, and
-only the commands and the settings sit at its top level. A violation names the file, the line
-and the import, so the fix is obvious."""
+only the commands and the settings sit at its top level; no function in `model/` or `worker/`
+is longer than a screen (80 lines) or takes more than 8 parameters. A violation names the file,
+the line and the import or function, so the fix is obvious."""
 
 from __future__ import annotations
 
@@ -183,3 +184,47 @@ def test_every_package_folder_is_installed() -> None:
     assert folders - listed == set(), "add these packages to pyproject.toml"
     for package, folder in setuptools.get("package-dir", {}).items():
         assert package in listed and (ROOT / folder / "__init__.py").is_file()
+
+
+# -- unit size: a function that needs more than a screen, or more than a handful of parameters,
+# is several functions (the house rule). `self` and `cls` are not counted.
+MAX_LINES = 80
+MAX_PARAMS = 8
+
+
+def _oversized(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        a = node.args
+        params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+        params += [p.arg for p in (a.vararg, a.kwarg) if p is not None]
+        params = [p for p in params if p not in ("self", "cls")]
+        lines = (node.end_lineno or node.lineno) - node.lineno + 1
+        where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{node.lineno}"
+        if lines > MAX_LINES:
+            out.append(f"{where} {node.name} is {lines} lines (at most {MAX_LINES})")
+        if len(params) > MAX_PARAMS:
+            out.append(f"{where} {node.name} takes {len(params)} parameters (at most {MAX_PARAMS})")
+    return out
+
+
+def test_no_function_in_model_or_worker_is_too_long_or_takes_too_many_parameters() -> None:
+    found = [v for package in ("model", "worker") for p in _sources(package) for v in _oversized(p)]
+    assert not found, "split these into their steps:\n" + "\n".join(found)
+
+
+def test_the_size_rule_catches_a_long_function_and_a_wide_one(tmp_path: Path) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_LINES))
+    wide = ", ".join(f"p{i}" for i in range(MAX_PARAMS + 1))
+    src = tmp_path / "units.py"
+    src.write_text(
+        f"def long():\n{body}\n\n\ndef wide({wide}):\n    pass\n\n\n"
+        f"class C:\n    def fine(self, {', '.join(f'q{i}' for i in range(MAX_PARAMS))}):\n"
+        "        pass\n"
+    )
+    found = _oversized(src)
+    assert len(found) == 2, found
+    assert "long is 81 lines" in found[0] and "wide takes 9 parameters" in found[1]

@@ -11,6 +11,7 @@
 - `rejected`, `dead_letters`: a record's failure and the dead letter that records it (spilled
   to a store when it does not fit);
 - `publisher`: send until acknowledged, telling the record's refusals from the moment's;
+- `recorder`: the batch's inspection rows and labels made durable in SQL before its commit;
 - `endpoints`, `metrics`: /livez, /readyz, /metrics;
 - `embedded_broker`, `process`, `feed`, `demo`: the embedded broker, a worker as a child
   process, a feeder of test images, the demo.

@@ -14,9 +14,9 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from model.core.clock import utc_now
 from model.stores.blobs import BlobStore, event_key
 from schemas import DeadLetter
 from worker.rejected import Rejected
@@ -90,7 +90,7 @@ class DeadLetterWriter:
             source_offset=p.offset,
             event_id=p.event.event_id if p.event is not None else None,
             worker=self.instance_id,
-            failed_at=datetime.now(timezone.utc),
+            failed_at=utc_now(),
             error_type=r.error_type,
         )
         original = [(k, v) for k, v in p.headers if not k.startswith("dlq.")]

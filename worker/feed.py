@@ -15,12 +15,12 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
+from model.core.clock import utc_now
 from schemas import EVENT_SCHEMA_VERSION, InspectionEvent
 
 
@@ -42,7 +42,7 @@ def make_event(
         line=line,
         station=station,
         product_class=product_class,
-        captured_at=datetime.now(timezone.utc),
+        captured_at=utc_now(),
         image_b64=base64.b64encode(image.read_bytes()).decode() if inline else None,
         image_uri=None if inline else image.as_uri(),
         attributes=attributes or {},
@@ -57,7 +57,7 @@ def producer_for(bootstrap: str, max_bytes: int = 16 * 1024 * 1024) -> KafkaProd
 
 def send_event(producer: KafkaProducer, topic: str, event: InspectionEvent) -> None:
     """Keyed by station, so one camera's images stay in order."""
-    event = event.model_copy(update={"captured_at": datetime.now(timezone.utc)})
+    event = event.model_copy(update={"captured_at": utc_now()})
     producer.send(topic, key=event.station.encode(), value=event.model_dump_json().encode())
 
 

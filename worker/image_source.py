@@ -8,27 +8,25 @@ Two kinds of failure, because they need opposite handling:
   `transient_retry_s`, then dead-lettered as `transient_retries_exhausted`, so a poisoned URI
   cannot stall a partition forever and the record is still kept for replay.
 
-An event never makes the worker read outside the configured roots (`model.data.roots`, the rule the
-retraining applies to recorded rows too): local paths are resolved (symlinks included) before the
-check, and URLs must start with a configured prefix and carry no `..` segment.
+An event never makes the worker read outside the configured roots: the bytes are read by
+`model.data.uri_reader`, the reader the retraining uses for recorded rows too (local paths are
+resolved, symlinks included, before the check; URLs must start with a configured prefix and
+carry no `..` segment).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import errno
-import os
-import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import fsspec
 import numpy as np
 
+from model.core.backoff import Backoff
 from model.data.images import ImageDecodeError, ImageTooLargeError, decode_image
-from model.data.roots import OutsideRoots, Roots
+from model.data.roots import Roots
+from model.data.uri_reader import Refused, RefusedKind, Unreachable, read_uri
 from schemas import InspectionEvent
 from worker.rejected import Rejected
 
@@ -39,10 +37,13 @@ class TransientError(Exception):
     """The store could not answer now; the same request may succeed later."""
 
 
-_NOT_FOUND = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
-# OS errors that name the request, not the moment: a name too long, a symlink loop, an invalid
-# argument. Retrying them for `transient_retry_s` would only stall the partition.
-_PERMANENT_ERRNO = {errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EILSEQ, errno.ENXIO}
+# The dead-letter reason of a URI the reader refuses (`model.data.uri_reader`).
+_REJECTED_AS: dict[RefusedKind, str] = {
+    "outside_roots": "uri_not_allowed",
+    "no_store": "uri_not_allowed",
+    "missing": "image_not_found",
+    "too_large": "image_too_large",
+}
 
 
 class ImageSource:
@@ -79,20 +80,19 @@ class ImageSource:
             return self._inline(event.image_b64)
         assert event.image_uri is not None  # the schema requires one of the two
         deadline = time.monotonic() + self.transient_retry_s
-        delay = 0.1
+        backoff = Backoff(first=0.1)
         while True:
             try:
                 return self._read_uri(event.image_uri)
             except TransientError as exc:
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + backoff.delay > deadline:
                     raise Rejected(
                         "transient_retries_exhausted",
                         f"{event.image_uri}: still failing after {self.transient_retry_s:.0f} s: "
                         f"{exc}",
                     ) from exc
                 self.on_retry(event.image_uri, exc)
-                self.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                self.sleep(backoff.wait())
 
     def _inline(self, b64: str) -> bytes:
         if len(b64) > (self.max_bytes * 4) // 3 + 4:
@@ -104,52 +104,8 @@ class ImageSource:
 
     def _read_uri(self, uri: str) -> bytes:
         try:
-            where = self.roots.resolve(uri)
-        except OutsideRoots as exc:
-            raise Rejected("uri_not_allowed", str(exc)) from exc
-        return self._read_local(uri, where) if isinstance(where, Path) else self._read_remote(uri)
-
-    def _read_local(self, uri: str, path: Path) -> bytes:
-        try:
-            # O_NONBLOCK: a FIFO or a device under a root must not block the open (a FIFO with
-            # no writer would hang the decode pool, and with it the partition, for good).
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(f.fileno())
-                if not stat.S_ISREG(st.st_mode):
-                    raise Rejected("image_not_found", f"{uri} is not a regular file")
-                if st.st_size > self.max_bytes:
-                    raise Rejected("image_too_large", f"{uri} is {st.st_size} bytes")
-                data = f.read(self.max_bytes + 1)
-            if len(data) > self.max_bytes:  # it grew after the stat
-                raise Rejected("image_too_large", f"{uri} is above {self.max_bytes} bytes")
-            return data
-        except _NOT_FOUND as exc:
-            raise Rejected("image_not_found", f"{uri}: {exc.strerror}") from exc
-        except PermissionError as exc:
-            raise Rejected("uri_not_allowed", f"{uri}: permission denied") from exc
-        except OSError as exc:
-            if exc.errno in _PERMANENT_ERRNO:
-                raise Rejected("image_not_found", f"{uri}: {exc.strerror}") from exc
-            # EIO, ESTALE on a network volume: worth another try.
-            raise TransientError(f"{uri}: {exc}") from exc
-
-    def _read_remote(self, uri: str) -> bytes:
-        try:
-            fs, path = fsspec.core.url_to_fs(uri)
-        except (ValueError, ImportError) as exc:  # unknown protocol, driver not installed
-            raise Rejected("uri_not_allowed", f"{uri}: no store for this scheme: {exc}") from exc
-        try:
-            size = fs.size(path)
-            if size is not None and size > self.max_bytes:
-                raise Rejected("image_too_large", f"{uri} is {size} bytes")
-            data = fs.cat_file(path)
-        except _NOT_FOUND as exc:
-            raise Rejected("image_not_found", f"{uri} does not exist") from exc
-        except Rejected:
-            raise
-        except Exception as exc:  # network, credentials refresh, throttling: the store's problem
-            raise TransientError(f"{uri}: {type(exc).__name__}: {exc}") from exc
-        if len(data) > self.max_bytes:
-            raise Rejected("image_too_large", f"{uri} is {len(data)} bytes")
-        return data
+            return read_uri(self.roots, uri, self.max_bytes)
+        except Refused as exc:
+            raise Rejected(_REJECTED_AS[exc.kind], str(exc)) from exc
+        except Unreachable as exc:
+            raise TransientError(str(exc)) from exc

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import structlog
@@ -26,11 +25,11 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from model.core.backoff import Backoff
+from model.core.clock import utc_now
 from model.stores.blobs import BlobStore
 from model.stores.records import RecordStore
-from model.stores.sql import RecordStoreUnavailable
 from schemas import OperatorLabel
-from schemas.records import InspectionRecord
 from worker.breaker import CrashBreaker
 from worker.dead_letters import DeadLetterWriter
 from worker.endpoints import Health
@@ -41,6 +40,7 @@ from worker.kafka_io import unreadable_position
 from worker.metrics import WorkerMetrics
 from worker.pipeline import BatchProcessor, Outgoing, Pending, admit
 from worker.publisher import Publisher
+from worker.recorder import Recorder
 from worker.rejected import Rejected
 from worker.router import ModelRouter
 from worker.settings import WorkerSettings
@@ -68,6 +68,7 @@ class Worker:
         self.metrics = metrics
         self.health = health
         self.log = structlog.get_logger("worker").bind(worker=settings.instance_id)
+        self.stopping = threading.Event()
         self.pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.source = ImageSource(
             settings.image_roots,
@@ -110,12 +111,12 @@ class Worker:
             health,
             self.log,
         )
+        self.recorder = Recorder(records, health, metrics, self.log, self.stopping)
         self.breaker = CrashBreaker(
             records, settings.group_id, settings.instance_id, settings.poison_after, self.log
         )
         self.pending: list[Pending] = []
         self.deadline: float | None = None
-        self.stopping = threading.Event()
         self.failed = False  # the loop raised: the listener must not touch the batch
         self.batches = 0
         health.model_loaded = True
@@ -317,7 +318,7 @@ class Worker:
         durable = self._write_records(outgoing, labels, in_listener)
         t3 = time.perf_counter()
         self.batches += 1
-        self._record(outgoing, process=t1 - t0, publish=t2 - t1, record=t3 - t2)
+        self._observe(outgoing, process=t1 - t0, publish=t2 - t1, record=t3 - t2)
         if not durable:
             return {}
         next_offsets: dict[TopicPartition, int] = {}
@@ -329,60 +330,28 @@ class Worker:
     def _write_records(
         self, outgoing: list[Outgoing], labels: list[OperatorLabel], in_listener: bool
     ) -> bool:
-        """Upsert the batch's inspection rows, then apply its labels; retry while the database
-        is unreachable. Consumption is paused meanwhile (the loop still polls, so the worker
-        keeps its partitions), and nothing is committed until the rows are durable."""
-        if self.records is None:
-            return True
-        rows = [InspectionRecord.from_result(o.result, o.image_uri) for o in outgoing if o.result]
-        if not rows and not labels:
-            return True
-        delay, paused = 0.5, False
+        """The batch's rows and labels durable in SQL (`worker.recorder`). While the database is
+        down, consumption is paused (the loop still polls, so the worker keeps its partitions);
+        in the rebalance listener it waits with plain sleeps, at most `LISTENER_DB_WAIT_S`."""
+        paused = False
         give_up = time.monotonic() + LISTENER_DB_WAIT_S
-        while True:
-            try:
-                if rows:
-                    self.records.upsert_inspections(rows)
-                for lab in labels:
-                    outcome = self.records.label(
-                        lab.event_id, lab.label, lab.by, lab.note, lab.labelled_at
-                    )
-                    self.log.info(
-                        "label " + outcome, event_id=lab.event_id, label=lab.label, by=lab.by
-                    )
-                break
-            except RecordStoreUnavailable as exc:
-                if self.health.database_ok:
-                    self.log.warning(
-                        "database unreachable: consumption paused, nothing committed",
-                        error=str(exc),
-                    )
-                self.health.database_ok = False
-                self.metrics.database_up.set(0)
-                self.metrics.retries.labels(stage="database").inc()
-                self.health.beat()
-                if self.stopping.is_set():
-                    # Shutting down: leave the batch uncommitted (redelivered, not lost) rather
-                    # than wait out the drain timeout for a database that is not coming back.
-                    self.log.warning("stopping with the database down: batch left uncommitted")
+
+        def wait(seconds: float) -> bool:
+            nonlocal paused
+            if in_listener:
+                if time.monotonic() > give_up:
                     return False
-                if in_listener:
-                    if time.monotonic() > give_up:
-                        return False
-                    time.sleep(delay)
-                else:
-                    paused = True
-                    self._idle_poll(delay)
-                delay = min(delay * 2, 10.0)
-        if paused:
-            self.consumer.resume(*self.consumer.assignment())
-        if not self.health.database_ok:
-            self.log.info("database back: consumption resumed")
-        self.health.database_ok = True
-        self.metrics.database_up.set(1)
-        self.metrics.recorded.labels(kind="inspection").inc(len(rows))
-        self.metrics.recorded.labels(kind="label").inc(len(labels))
-        return True
+                time.sleep(seconds)
+            else:
+                paused = True
+                self._idle_poll(seconds)
+            return True
+
+        try:
+            return self.recorder.write(outgoing, labels, wait)
+        finally:
+            if paused:
+                self.consumer.resume(*self.consumer.assignment())
 
     def _idle_poll(self, seconds: float) -> None:
         """Stay in the group without taking new work: poll with every partition paused. A
@@ -412,27 +381,27 @@ class Worker:
         `transient_retry_s`; then the record it was for is dead-lettered as
         `transient_retries_exhausted` (kept, replayable), so one store cannot stall the
         partition for good."""
-        delay = 0.2
+        backoff = Backoff()
         deadline = time.monotonic() + self.s.transient_retry_s
         while True:
             try:
                 return fn()
             except OSError as exc:
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + backoff.delay > deadline:
                     raise Rejected.from_exception("transient_retries_exhausted", exc) from exc
                 self.metrics.retries.labels(stage=stage).inc()
                 self.log.warning("transient failure, retrying", stage=stage, error=str(exc))
                 self.health.beat()
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                time.sleep(backoff.wait())
 
     def _on_fetch_retry(self, uri: str, exc: Exception) -> None:
         self.metrics.retries.labels(stage="fetch").inc()
         self.log.warning("image fetch failed, retrying", uri=uri, error=str(exc))
 
-    def _record(self, outgoing: list[Outgoing], **stage_s: float) -> None:
+    def _observe(self, outgoing: list[Outgoing], **stage_s: float) -> None:
+        """The batch in the metrics and one log line (dead letters one line each)."""
         m = self.metrics
-        now = datetime.now(timezone.utc)
+        now = utc_now()
         results = [o for o in outgoing if o.kind == "result"]
         m.batch_size.observe(len(results))
         for stage, seconds in stage_s.items():

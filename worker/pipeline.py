@@ -21,11 +21,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, TypeVar
 
 import numpy as np
 
+from model.core.clock import utc_now
 from model.inference.inspector import Verdict
 from model.stores.blobs import BlobStore, event_key, image_suffix
 from schemas import InspectionEvent, InspectionResult, OperatorLabel
@@ -212,7 +213,7 @@ class BatchProcessor:
             t0 = time.perf_counter()
             stored = list(self.pool.map(self._store, [batch[i] for i in idx], scored))
             heatmap_ms = (time.perf_counter() - t0) * 1000
-            now = datetime.now(timezone.utc)
+            now = utc_now()
             for i, sc, st in zip(idx, scored, stored, strict=True):
                 p = batch[i]
                 try:

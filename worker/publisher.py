@@ -29,6 +29,7 @@ from kafka.errors import (
     MessageSizeTooLargeError,
 )
 
+from model.core.backoff import Backoff
 from worker.endpoints import Health
 from worker.metrics import WorkerMetrics
 from worker.pipeline import Outgoing
@@ -69,7 +70,7 @@ class Publisher:
         final = list(outgoing)
         remaining = list(range(len(final)))
         refused_since: dict[int, float] = {}  # index -> first refusal as the record's own
-        delay, attempt = 0.2, 0
+        backoff, attempt = Backoff(), 0
         while remaining:
             attempt += 1
             failures = self._attempt([final[i] for i in remaining])
@@ -96,11 +97,10 @@ class Publisher:
                     attempt=attempt,
                     records=len(remaining),
                     reasons=sorted({type(e).__name__ for e in failures if e is not None}),
-                    retry_in_s=delay,
+                    retry_in_s=backoff.delay,
                 )
                 self.health.beat()
-                self.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                self.sleep(backoff.wait())
         return final
 
     def _replace(self, o: Outgoing, exc: BaseException) -> Outgoing:

@@ -20,6 +20,7 @@ import structlog
 from model.inference.checkpoint import from_bytes
 from model.inference.inspector import Inspector
 from model.stores.artifacts import ArtifactStore, read_bytes
+from model.stores.checkpoints import ModelNotFound, find_model_bytes
 from model.stores.state import CorruptArtifact, StateStore, StateStoreUnavailable
 from schemas import ClassCalibration, ClassState, StateChange
 
@@ -140,7 +141,13 @@ class ModelRouter:
         for version in sorted(wanted - set(loaded)):
             try:
                 loaded[version] = self._load(version)
-            except (CorruptArtifact, ValueError, OSError, StateStoreUnavailable) as exc:
+            except (
+                CorruptArtifact,
+                ModelNotFound,
+                ValueError,
+                OSError,
+                StateStoreUnavailable,
+            ) as exc:
                 self.log.error("cannot load model", version=version, error=str(exc))
         if active not in loaded:
             return False  # keep serving what we have
@@ -177,18 +184,12 @@ class ModelRouter:
             self.store_ok = False
 
     def _load(self, version: str) -> Inspector:
-        blob = self.store.get_model(version)
-        if blob is None:
-            blob = self.artifacts.get(version)
-            if blob is None:
-                raise ValueError(
-                    f"model {version} is in neither the state store nor {self.artifacts.base}"
-                )
-            self.store.put_model(version, blob)  # re-seed a flushed cache
-        inspector = Inspector.from_checkpoint(blob, self.device, self.backbone_weights)
+        # A flushed state store is refilled from the artifact store as versions are loaded.
+        blob = find_model_bytes(version, self.store, self.artifacts, reseed=True)
+        inspector = Inspector.from_checkpoint(
+            blob, self.device, self.backbone_weights, expect=version
+        )
         self.blobs[version] = blob
-        if inspector.version != version:
-            raise CorruptArtifact(f"bytes stored as {version} hold model {inspector.version}")
         self.log.info("model loaded", version=version, device=str(inspector.device))
         return inspector
 

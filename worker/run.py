@@ -120,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     server = serve(settings.metrics_host, settings.metrics_port, health, metrics)
     log.info("endpoints", port=server.server_address[1])
 
-    store = open_state_store(
-        settings.redis_url.get_secret_value() if settings.redis_url else None,
-        settings.state_prefix,
-    )
+    store = open_state_store(settings.redis(), settings.state_prefix)
     router = ModelRouter(
         store,
         ArtifactStore(settings.artifact_store),

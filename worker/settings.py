@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-MiB = 1024 * 1024
+from model.stores.settings import MiB, StoreSettings, split_commas
 
 
 def _default_instance() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(StoreSettings):
+    """The stores' fields (record, state store, artifact store, image roots) are
+    `StoreSettings`, shared with the retraining; here as `WORKER_*`."""
+
     model_config = SettingsConfigDict(env_prefix="WORKER_", env_file=".env", extra="ignore")
 
     # Topics and group.
@@ -36,7 +39,9 @@ class WorkerSettings(BaseSettings):
     instance_id: str = Field(default_factory=_default_instance)
 
     # Kafka connection and client security.
-    bootstrap_servers: Annotated[list[str], NoDecode] = ["127.0.0.1:9092"]
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:9092"]
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
@@ -81,34 +86,22 @@ class WorkerSettings(BaseSettings):
     backbone_weights: Path | None = None
     device: str = "auto"
 
-    # Shared state: Redis (a URL such as redis://redis:6379/0), or in process when unset.
-    redis_url: SecretStr | None = Field(default=None, description="may carry a password")
-    state_prefix: str = "grad"
+    # Shared state: Redis (`redis_url`), or in process when unset.
     # How often the state is re-read even without an announcement (a missed message).
     state_refresh_s: float = Field(default=30.0, gt=0)
-    # Where checkpoints live for good: a directory or an fsspec URL, <store>/<version>.safetensors.
-    artifact_store: str = "models"
 
     # Batching: up to max_batch images or max_wait_ms after the first one, whichever first.
     max_batch: PositiveInt = 16
     max_wait_ms: Annotated[int, Field(ge=0)] = 50
     decode_threads: PositiveInt = 4
 
-    # Images: where URIs may point, and what is too big.
-    image_roots: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="local directories, or URL prefixes such as s3://bucket/images/",
-    )
-    max_image_bytes: PositiveInt = 32 * MiB
-    max_pixels: PositiveInt = 40_000_000
-    # A transient fetch failure (store unreachable) is retried this long before the record is
-    # dead-lettered as `transient_retries_exhausted` (kept, replayable, not lost).
+    # Images: where URIs may point and what is too big are `image_roots`, `max_image_bytes`,
+    # `max_pixels`. A transient fetch failure (store unreachable) is retried this long before
+    # the record is dead-lettered as `transient_retries_exhausted` (kept, replayable, not lost).
     transient_retry_s: float = Field(default=300.0, gt=0)
 
-    # Inspection records (SQL): PostgreSQL in production, a SQLite file by default; empty to
-    # record nothing. Migrations run at start for SQLite; elsewhere the migration job runs them
-    # unless `database_migrate` is true.
-    database_url: SecretStr = SecretStr("sqlite:///inspections.sqlite3")
+    # Inspection records (SQL, `database_url`): empty to record nothing. Migrations run at start
+    # for SQLite; elsewhere the migration job runs them unless `database_migrate` is true.
     database_migrate: bool | None = None
 
     # Heatmaps: a local directory or an fsspec URL (s3://bucket/heatmaps).
@@ -126,12 +119,10 @@ class WorkerSettings(BaseSettings):
     liveness_timeout_s: float = Field(default=120.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("bootstrap_servers", "image_roots", mode="before")
+    @field_validator("bootstrap_servers", mode="before")
     @classmethod
-    def _split_commas(cls, v: object) -> object:
-        if isinstance(v, str):
-            return [part.strip() for part in v.split(",") if part.strip()]
-        return v
+    def _split_servers(cls, v: object) -> object:
+        return split_commas(v)
 
     @model_validator(mode="after")
     def _defaults_and_consistency(self) -> WorkerSettings:

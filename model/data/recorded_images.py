@@ -1,28 +1,31 @@
 """Read recorded images back through the URI their inspection row holds, for retraining.
 
 A row in the database is data, not an instruction: a URI is only followed when it lies under a
-configured image root (local directories are resolved, symlinks included, before the check; URLs
-must start with a configured prefix and carry no `..` segment): `model.data.roots`, the rule the
-worker applies to events. Everything else, like an inline image that left no URI, a file that
-was deleted or an undecodable one, is *unavailable* with a reason, counted and reported by the
-caller, never fatal by itself.
+configured image root, read by `model.data.uri_reader`, the reader the worker uses for events.
+Everything else, like an inline image that left no URI, a file that was deleted or an
+undecodable one, is *unavailable* with a reason, counted and reported by the caller, never
+fatal by itself.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
-import fsspec
 import numpy as np
 
 from model.data.images import ImageDecodeError, ImageTooLargeError, decode_image
-from model.data.roots import OutsideRoots, Roots
+from model.data.roots import Roots
+from model.data.uri_reader import Refused, RefusedKind, Unreachable, read_uri
 
 # Why a recorded image could not be used (the keys of the report's `unavailable` counts).
 UNAVAILABLE_REASONS = ("inline", "outside_roots", "missing", "too_large", "undecodable", "error")
+_UNAVAILABLE_AS: dict[RefusedKind, str] = {
+    "outside_roots": "outside_roots",
+    "missing": "missing",
+    "too_large": "too_large",
+    "no_store": "error",
+}
 
 
 class ImageUnavailable(Exception):
@@ -71,33 +74,8 @@ class RecordedImages:
 
     def _read(self, uri: str) -> bytes:
         try:
-            where = self.roots.resolve(uri)
-        except OutsideRoots as exc:
-            raise ImageUnavailable("outside_roots", str(exc)) from exc
-        if isinstance(where, Path):
-            try:
-                with where.open("rb") as f:
-                    if os.fstat(f.fileno()).st_size > self.max_bytes:
-                        raise ImageUnavailable("too_large", f"{uri} above {self.max_bytes} bytes")
-                    return f.read()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-                raise ImageUnavailable("missing", f"{uri}: {exc.strerror}") from exc
-            except PermissionError as exc:
-                raise ImageUnavailable("outside_roots", f"{uri}: permission denied") from exc
-            except OSError as exc:
-                raise ImageUnavailable("error", f"{uri}: {exc}") from exc
-        try:
-            fs, path = fsspec.core.url_to_fs(uri)
-            size = fs.size(path)
-            if size is not None and size > self.max_bytes:
-                raise ImageUnavailable("too_large", f"{uri} is {size} bytes")
-            data = fs.cat_file(path)
-        except ImageUnavailable:
-            raise
-        except FileNotFoundError as exc:
-            raise ImageUnavailable("missing", f"{uri} does not exist") from exc
-        except Exception as exc:  # unknown scheme, driver missing, network: not this image's use
-            raise ImageUnavailable("error", f"{uri}: {type(exc).__name__}: {exc}") from exc
-        if len(data) > self.max_bytes:
-            raise ImageUnavailable("too_large", f"{uri} is {len(data)} bytes")
-        return data
+            return read_uri(self.roots, uri, self.max_bytes)
+        except Refused as exc:
+            raise ImageUnavailable(_UNAVAILABLE_AS[exc.kind], str(exc)) from exc
+        except Unreachable as exc:  # not this image's fault, but not usable in this run either
+            raise ImageUnavailable("error", str(exc)) from exc

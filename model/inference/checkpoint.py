@@ -27,6 +27,10 @@ class CheckpointError(ValueError):
     """The bytes are not a GRAD checkpoint this code can load, or fail their integrity check."""
 
 
+class WrongModel(CheckpointError):
+    """Sound bytes, stored under one version id, that hold another model."""
+
+
 def content_version(tensors: dict[str, torch.Tensor], meta: dict) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
@@ -43,8 +47,11 @@ def to_bytes(tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> bytes:
     return save(state, metadata={META_KEY: meta.model_dump_json()})
 
 
-def from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """Parse and verify a checkpoint: the tensors must hash to the version the metadata claims."""
+def from_bytes(
+    data: bytes, expect: str | None = None
+) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """Parse and verify a checkpoint: the tensors must hash to the version the metadata claims,
+    and, given `expect` (the version the bytes were stored as), that version must be it."""
     try:
         tensors = load(data)
         header_len = int.from_bytes(data[:8], "little")
@@ -58,6 +65,8 @@ def from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
         raise CheckpointError(
             f"checkpoint content hashes to {expected}, metadata says {meta.version}"
         )
+    if expect is not None and meta.version != expect:
+        raise WrongModel(f"the bytes stored as {expect} hold model {meta.version}")
     return tensors, meta
 
 

@@ -119,8 +119,12 @@ class Inspector:
         source: Path | bytes,
         device: str | torch.device = "auto",
         backbone_weights: Path | None = None,
+        expect: str | None = None,
     ) -> Inspector:
-        tensors, meta = from_bytes(source) if isinstance(source, bytes) else load_checkpoint(source)
+        """Load a checkpoint (a file, or bytes verified to be model `expect` when given)."""
+        tensors, meta = (
+            from_bytes(source, expect) if isinstance(source, bytes) else load_checkpoint(source)
+        )
         backbone = build_backbone(meta.backbone, backbone_weights)
         have, want = backbone.info.weights_sha256, meta.backbone_weights_sha256
         if have != want:

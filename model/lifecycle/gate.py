@@ -31,6 +31,7 @@ import numpy as np
 
 from model.metrics.calibration import calibrate
 from model.metrics.curves import auroc
+from schemas.model_state import DEFAULT_TARGET_FPR
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def decide(
     active: Mapping[str, ClassScores] | None,
     *,
     required: set[str] | frozenset[str] = frozenset(),
-    target_fpr: float = 0.01,
+    target_fpr: float = DEFAULT_TARGET_FPR,
     tolerances: Tolerances | None = None,
 ) -> dict:
     """The gate's verdict: `{"pass": bool, "reasons": [...], "classes": {...}}`.

@@ -17,17 +17,21 @@ A class pinned to another version (a canary) stays on it; the outcome lists such
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
+from model.core.clock import utc_now
 from model.inference.checkpoint import from_bytes
-from model.stores.artifacts import ArtifactStore, read_bytes
+from model.stores.artifacts import ArtifactStore
+from model.stores.checkpoints import find_model_bytes
+from model.stores.connect import Stores
 from model.stores.records import RecordStore
+from model.stores.sql import safe_url
 from model.stores.state import StateStore
 from schemas import CheckpointMeta, ClassState
 
 
 class PromotionError(RuntimeError):
-    """The version cannot be promoted (not recorded, no bytes anywhere, corrupt bytes)."""
+    """The version cannot be promoted: it is not recorded. (No bytes anywhere is
+    `ModelNotFound`; corrupt or wrong bytes a `CheckpointError`.)"""
 
 
 @dataclass
@@ -50,40 +54,6 @@ class PromotionOutcome:
         }
 
 
-def verified_meta(version: str, blob: bytes) -> CheckpointMeta:
-    """The checkpoint's metadata, after checking the bytes hold exactly `version`."""
-    _, meta = from_bytes(blob)
-    if meta.version != version:
-        raise PromotionError(f"the bytes stored for {version} hold model {meta.version}")
-    return meta
-
-
-def find_bytes(
-    version: str,
-    *,
-    store: StateStore | None,
-    artifacts: ArtifactStore,
-    artifact_uri: str | None = None,
-) -> bytes:
-    """A version's checkpoint bytes: from the state store, else the artifact store, else the
-    artifact URI the registry recorded for it."""
-    if store is not None:
-        blob = store.get_model(version)
-        if blob is not None:
-            return blob
-    blob = artifacts.get(version)
-    if blob is not None:
-        return blob
-    if artifact_uri:
-        try:
-            return read_bytes(artifact_uri)
-        except (FileNotFoundError, OSError) as exc:
-            raise PromotionError(f"model {version}: cannot read {artifact_uri}: {exc}") from exc
-    raise PromotionError(
-        f"model {version} is in neither the state store nor the artifact store {artifacts.base}"
-    )
-
-
 def register(
     records: RecordStore,
     artifacts: ArtifactStore,
@@ -97,7 +67,7 @@ def register(
     if artifacts.get(meta.version) != blob:
         uri = artifacts.put(meta.version, blob)
     records.record_model_version(meta.version, uri, **lineage)  # type: ignore[arg-type]
-    at = datetime.now(timezone.utc)
+    at = utc_now()
     for c, cal in sorted(meta.calibration.items()):
         records.record_calibration(meta.version, c, cal, at=at)
     return uri
@@ -113,7 +83,7 @@ def promote(
     gate_decision: dict | None = None,
 ) -> PromotionOutcome:
     """Make `version` (recorded in SQL, bytes `blob`) the active model everywhere."""
-    verified_meta(version, blob)
+    from_bytes(blob, expect=version)  # verified before anything changes
     outcome = PromotionOutcome(
         version=version,
         previous_sql=records.active_version(),
@@ -124,7 +94,7 @@ def promote(
     if store is None:
         return outcome
     store.put_model(version, blob)
-    now = datetime.now(timezone.utc).isoformat()
+    now = utc_now().isoformat()
     for c, state in sorted(store.class_states().items()):
         if state.model_version:
             outcome.canaries_kept[c] = state.model_version
@@ -133,3 +103,19 @@ def promote(
             outcome.overrides_cleared.append(c)
     store.set_active(version)
     return outcome
+
+
+def promote_recorded(version: str, stores: Stores, by: str) -> PromotionOutcome:
+    """`model.promote VERSION`: a version the registry recorded (a rollback, or a candidate
+    promoted by hand), its bytes found wherever they are kept."""
+    recorded = stores.records.model_version(version)
+    if recorded is None:
+        known = [v.version for v in stores.records.model_versions()]
+        raise PromotionError(
+            f"model version {version!r} is not recorded in {safe_url(stores.records.url)}"
+            + (f"; recorded: {', '.join(known)}" if known else "")
+        )
+    blob = find_model_bytes(
+        version, stores.state, stores.artifacts, artifact_uri=recorded.artifact_uri
+    )
+    return promote(version, blob, records=stores.records, store=stores.state, by=by)

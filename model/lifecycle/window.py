@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timedelta, timezone
 
+from model.core.clock import utc_now
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^(?:\d+[smhdw])+$")
 _PART = re.compile(r"(\d+)([smhdw])")
@@ -65,7 +67,7 @@ def resolve_window(
 ) -> tuple[datetime, datetime]:
     """(start, end) in UTC; `until` defaults to now. Refuses an empty or inverted window and a
     start in the future."""
-    now = now or datetime.now(timezone.utc)
+    now = now or utc_now()
     if now.utcoffset() is None:
         raise WindowError("now must carry a time zone")
     start = parse_time(since, now).astimezone(timezone.utc)

@@ -14,6 +14,7 @@ from statistics import NormalDist
 import numpy as np
 
 from schemas import ClassCalibration
+from schemas.model_state import DEFAULT_TARGET_FPR
 
 # The empirical quantile is trusted once the tail it cuts holds at least this many scores.
 MIN_TAIL_COUNT = 10
@@ -31,7 +32,7 @@ def lognormal_quantile(mu: float, sigma: float, tail: float) -> float:
     return math.exp(mu + NormalDist().inv_cdf(1.0 - tail) * sigma)
 
 
-def calibrate(scores: np.ndarray, target_fpr: float = 0.01) -> ClassCalibration:
+def calibrate(scores: np.ndarray, target_fpr: float = DEFAULT_TARGET_FPR) -> ClassCalibration:
     """Threshold, score statistics and confidence scale from normal scores."""
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1 or s.size < 2:

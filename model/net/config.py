@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schemas.model_state import DEFAULT_TARGET_FPR
+
 
 @dataclass(frozen=True)
 class DecoderSpec:
@@ -83,5 +85,5 @@ class TrainConfig:
     heldout_fraction: float = 0.15
     heldout_min: int = 5
     select_every: int = 1
-    target_fpr: float = 0.01
+    target_fpr: float = DEFAULT_TARGET_FPR
     threshold_ratio: float = 0.5

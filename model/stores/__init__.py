@@ -7,6 +7,10 @@
 - `sql`: engines, URLs, transactions and the two kinds of SQL failure; `records`: the
   `RecordStore`, assembled from one private part per domain (`_inspections`, `_versions`,
   `_windows`); `migrations`: the Alembic migrations, found from the installed package.
+- `checkpoints`: where a version's checkpoint bytes are found (state store, artifact store,
+  recorded URI).
+- `settings`: the stores' settings every program shares (`StoreSettings`); `connect`: the
+  stores a model-management program opens from them; `labels`: an operator's label recorded.
 - `failures`: how a command reports a store it cannot reach, in one line.
 
 Imports: `model.core` and `schemas`; no numerical code, no network or data layer.

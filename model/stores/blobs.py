@@ -10,13 +10,13 @@ duplicating; from the version id for checkpoints).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import fsspec
+
+from model.core.files import atomic_write_bytes
 
 
 def event_key(event_id: str, suffix: str) -> str:
@@ -51,16 +51,7 @@ class BlobStore:
         """Store `data` under `key`; returns its URI. OSError and store errors propagate (the
         caller retries them as transient)."""
         if self.local is not None:
-            path = self.local / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write_bytes(self.local / key, data)
         else:
             self.fs.pipe_file(f"{self.root}/{key}", data)
         return self.uri_for(key)

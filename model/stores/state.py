@@ -20,11 +20,12 @@ import contextlib
 import hashlib
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Protocol
 
 import redis
 
+from model.core.backoff import Backoff
+from model.core.clock import utc_now
 from schemas import ClassState, StateChange
 
 
@@ -37,7 +38,7 @@ class CorruptArtifact(Exception):
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return utc_now().isoformat()
 
 
 def blob_digest(blob: bytes) -> str:
@@ -196,7 +197,7 @@ class RedisStateStore:
         stop = threading.Event()
 
         def listen() -> None:
-            delay = 0.2
+            backoff = Backoff()
             connected_before = False
             while not stop.is_set():
                 pubsub = self.r.pubsub(ignore_subscribe_messages=True)
@@ -205,7 +206,7 @@ class RedisStateStore:
                     if connected_before:
                         on_change(None)
                     connected_before = True
-                    delay = 0.2
+                    backoff.reset()
                     while not stop.is_set():
                         msg = pubsub.get_message(timeout=0.5)
                         if msg and msg.get("type") == "message":
@@ -214,10 +215,9 @@ class RedisStateStore:
                             except ValueError:
                                 on_change(None)  # unreadable announcement: re-read all
                 except (redis.ConnectionError, redis.TimeoutError, OSError):
-                    if delay == 0.2:
+                    if backoff.fresh:
                         on_change(None)  # connection lost: let the listener notice now
-                    stop.wait(delay)
-                    delay = min(delay * 2, 10.0)
+                    stop.wait(backoff.wait())
                 finally:
                     with contextlib.suppress(redis.RedisError, OSError):
                         pubsub.close()
