@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from model.data.images import decode_image
-from model.inference.inspector import Inspector
+from model.inference.inspector import Inspector, ServeOptions
 from schemas import InspectionResult
 from worker.embedded_broker import EmbeddedBroker
 from worker.feed import feed, inspection_images, make_event, producer_for, read_topics
@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     ap.add_argument("--database-url", help="also measure the worker recording to this database")
     ap.add_argument("--redis-url", help="... and keeping its model state in this Redis")
+    ap.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime", "openvino"],
+        help="what scores, on both sides (model.inference.runtimes)",
+    )
     args = ap.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -206,8 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     picks = (picks * (args.images // len(picks) + 1))[: args.images]
     blobs = [p.read_bytes() for _, p, _ in picks]
 
-    inspector = Inspector.from_checkpoint(ckpt, "cpu")
+    graphs = out / "graphs"
+    inspector = Inspector.from_checkpoint(ckpt, "cpu", serve=ServeOptions(args.runtime, graphs))
+    runtime_env = {"WORKER_RUNTIME": args.runtime, "WORKER_GRAPH_CACHE": str(graphs)}
     report: dict = {
+        "runtime": inspector.runtime.name,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "checkpoint": inspector.version,
         "images": len(blobs),
@@ -218,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     bare_seconds(inspector, blobs[:8], 8, decoded=False)  # warm-up
     with EmbeddedBroker(log_path=out / "broker.log") as broker:
         for b in tqdm(args.batches, desc="throughput, bare and worker in turns", unit="batch"):
-            with WorkerUnderTest(broker, ckpt, [data], out, b) as w:
+            with WorkerUnderTest(broker, ckpt, [data], out, b, runtime_env) as w:
                 w.send(picks[:b])  # warm-up: first forward pass, connections
                 rounds: dict[str, list[float]] = {"bare": [], "worker": [], "pre": [], "infer": []}
                 step = len(picks) // args.rounds
@@ -243,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         rate = args.load * slowest
         report["offered_rate_hz"] = rate
         for b in tqdm(args.batches, desc="latency at a steady rate", unit="batch"):
-            with WorkerUnderTest(broker, ckpt, [data], out, b) as w:
+            with WorkerUnderTest(broker, ckpt, [data], out, b, runtime_env) as w:
                 w.send(picks[:b])
                 res = w.send(picks[: args.steady], rate_hz=rate)
             lat = np.array([(r.processed_at - r.captured_at).total_seconds() for r in res]) * 1000

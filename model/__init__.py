@@ -9,12 +9,12 @@ enforces it), and nothing in `model` imports `worker` or `bench`:
     data        images, MVTec layout, sample, URI roots and reader, recorded images, feature cache
     stores      blobs, artifacts, Redis state, SQL records, migrations, labels, store settings
     settings    the programs' settings (declared here, read once by a command)
-    inference   the Inspector, checkpoint format, allocator
+    inference   the Inspector, checkpoint format, allocator, scoring graph, runtimes, parity
     training    options, held-out split, fit, export, runs
     evaluation  the field's metrics on a test split, figures
     lifecycle   retraining window, selection, gate, promotion, the retraining's steps, report
 
-The commands at the top (`train`, `evaluate`, `retrain`, `promote`, `label`, `demo`) parse,
-read settings, call one library function and print. The numerical core (`net`, `metrics`) is
-pure functions; files, stores and devices stay at the edges.
+The commands at the top (`train`, `evaluate`, `export`, `retrain`, `promote`, `label`,
+`demo`) parse, read settings, call one library function and print. The numerical core
+(`net`, `metrics`) is pure functions; files, stores and devices stay at the edges.
 """

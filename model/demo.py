@@ -11,7 +11,7 @@ from pathlib import Path
 
 from model.data.sample import make_sample
 from model.evaluation.run import evaluate, format_table
-from model.inference.inspector import Inspector
+from model.inference.inspector import Inspector, ServeOptions
 from model.net.config import TrainConfig
 from model.settings import ModelSettings
 from model.training.run import train
@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> None:
         f"trained {meta.version} on {sum(meta.train_images.values())} images "
         f"in {meta.training['train_seconds']} s"
     )
-    inspector = Inspector.from_checkpoint(ckpt, settings.device, settings.backbone_weights)
+    inspector = Inspector.from_checkpoint(
+        ckpt,
+        settings.device,
+        settings.backbone_weights,
+        serve=ServeOptions(settings.runtime, settings.graph_cache),
+    )
     report = evaluate(inspector, data, args.out / "eval")
     print(format_table(report))
     print(

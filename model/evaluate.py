@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from model.evaluation.run import evaluate, format_table
-from model.inference.inspector import Inspector
+from model.inference.inspector import Inspector, ServeOptions
 from model.settings import ModelSettings
 
 
@@ -26,9 +26,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classes", nargs="*")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", help="cpu, cuda or auto")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "openvino"])
     args = p.parse_args(argv)
-    settings = ModelSettings(**({"device": args.device} if args.device else {}))
-    inspector = Inspector.from_checkpoint(args.ckpt, settings.device, settings.backbone_weights)
+    given = {k: getattr(args, k) for k in ("device", "runtime") if getattr(args, k)}
+    settings = ModelSettings(**given)
+    inspector = Inspector.from_checkpoint(
+        args.ckpt,
+        settings.device,
+        settings.backbone_weights,
+        serve=ServeOptions(settings.runtime, settings.graph_cache),
+    )
+    print(f"scoring with {inspector.runtime.name}")
     out = args.out or args.ckpt.with_suffix("").with_name(args.ckpt.stem + "-eval")
     report = evaluate(inspector, args.data, out, args.classes, batch_size=args.batch_size)
     print(format_table(report))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import getpass
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +42,11 @@ class ModelSettings(BaseSettings):
     # images (320: bench/RESULTS.md, "Input size"). Scoring windows scale with it; evaluation
     # measures pixels at 224 whatever it is.
     image_size: int = 224
+    # Which runtime scores (`model.inference.runtimes`): `auto` takes the fastest installed for
+    # the device (on a CPU an exported graph, on a GPU torch); a missing one falls back to torch.
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
+    # Exported graphs, made on first use and keyed by the checkpoint's content; delete freely.
+    graph_cache: Path = Path(".cache/grad-graphs")
 
     @field_validator("image_size")
     @classmethod

@@ -30,7 +30,17 @@ MODEL_LAYERS = (
 )
 # What the top level of `model/` may hold besides its subpackages: the package map, the settings
 # and the commands (each parses, reads settings, calls one library function, prints).
-MODEL_TOP = {"__init__", "settings", "train", "evaluate", "retrain", "promote", "label", "demo"}
+MODEL_TOP = {
+    "__init__",
+    "settings",
+    "train",
+    "evaluate",
+    "export",
+    "retrain",
+    "promote",
+    "label",
+    "demo",
+}
 # Which of our top-level packages each may import (besides itself).
 PACKAGES = {
     "schemas": set(),

@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from model.inference.checkpoint import from_bytes
-from model.inference.inspector import Inspector
+from model.inference.inspector import Inspector, ServeOptions
 from model.stores.artifacts import ArtifactStore, read_bytes
 from model.stores.checkpoints import ModelNotFound, find_model_bytes
 from model.stores.state import CorruptArtifact, StateStore, StateStoreUnavailable
@@ -47,11 +47,13 @@ class ModelRouter:
         device: str,
         backbone_weights: Path | None = None,
         refresh_s: float = 30.0,
+        serve: ServeOptions | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
         self.device = device
         self.backbone_weights = backbone_weights
+        self.serve = serve or ServeOptions()  # the runtime every loaded model is served by
         self.refresh_s = refresh_s
         self.inspectors: dict[str, Inspector] = {}
         self.blobs: dict[str, bytes] = {}  # to re-seed a store that lost its data
@@ -80,7 +82,9 @@ class ModelRouter:
                 ) from exc
             self.log.warning("state store unreachable at start: serving the given checkpoint")
             blob = read_bytes(seed_checkpoint)
-            inspector = Inspector.from_checkpoint(blob, self.device, self.backbone_weights)
+            inspector = Inspector.from_checkpoint(
+                blob, self.device, self.backbone_weights, serve=self.serve
+            )
             self.inspectors = {inspector.version: inspector}
             self.blobs = {inspector.version: blob}
             self.snapshot = Snapshot(inspector.version)
@@ -187,10 +191,15 @@ class ModelRouter:
         # A flushed state store is refilled from the artifact store as versions are loaded.
         blob = find_model_bytes(version, self.store, self.artifacts, reseed=True)
         inspector = Inspector.from_checkpoint(
-            blob, self.device, self.backbone_weights, expect=version
+            blob, self.device, self.backbone_weights, expect=version, serve=self.serve
         )
         self.blobs[version] = blob
-        self.log.info("model loaded", version=version, device=str(inspector.device))
+        self.log.info(
+            "model loaded",
+            version=version,
+            device=str(inspector.device),
+            runtime=inspector.runtime.name,
+        )
         return inspector
 
     # -- routing -----------------------------------------------------------------------------

@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("starting", settings=settings.safe_dump())
 
     # Heavy imports after the settings are known to be valid: a typo fails in milliseconds.
+    from model.inference.inspector import ServeOptions
     from model.stores.artifacts import ArtifactStore
     from model.stores.state import open_state_store
     from worker.endpoints import Health, serve
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.device,
         settings.backbone_weights,
         settings.state_refresh_s,
+        ServeOptions(settings.runtime, settings.graph_cache),
     )
     router.start(settings.checkpoint)
     log.info("model ready", active=router.active, state_store_ok=router.store_ok)

@@ -85,6 +85,12 @@ class WorkerSettings(StoreSettings):
     checkpoint: str | None = None
     backbone_weights: Path | None = None
     device: str = "auto"
+    # Which runtime scores (`model.inference.runtimes`): `auto` takes the fastest installed for
+    # the device (on a CPU an exported graph, on a GPU torch); a missing one falls back to torch
+    # with a log line. Exported graphs are kept in `graph_cache`, keyed by the checkpoint's
+    # content, made when a model is first loaded.
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
+    graph_cache: Path = Path(".cache/grad-graphs")
 
     # Shared state: Redis (`redis_url`), or in process when unset.
     # How often the state is re-read even without an announcement (a missed message).

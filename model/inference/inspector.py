@@ -6,6 +6,7 @@ the same `head_scores`, so every score in the system comes from one code path.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,13 +17,17 @@ import torch
 
 from model.data.images import to_batch
 from model.inference.allocator import keep_activations_on_heap
-from model.inference.checkpoint import from_bytes, load_checkpoint
+from model.inference.checkpoint import from_bytes
+from model.inference.graph import ScoringGraph
+from model.inference.runtimes import Runtime, TorchRuntime, build_runtime, choose
 from model.metrics.calibration import confidence
 from model.net.backbone import FrozenBackbone, WeightsError, build_backbone
 from model.net.config import HeadConfig
 from model.net.grad import GRADHead
 from model.net.scoring import score_features
 from schemas import CheckpointMeta, ClassCalibration
+
+log = logging.getLogger("model.inference.inspector")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -83,6 +88,15 @@ def head_fields(cfg: HeadConfig) -> dict[str, int | str | float]:
 
 
 @dataclass(frozen=True)
+class ServeOptions:
+    """Which runtime serves a loaded model (`model.inference.runtimes`), and where exported
+    graphs are kept (made on first use, keyed by the checkpoint's content)."""
+
+    runtime: str = "torch"
+    graph_cache: Path = Path(".cache/grad-graphs")
+
+
+@dataclass(frozen=True)
 class Verdict:
     """The decision for one image, with the calibration it was taken against."""
 
@@ -105,13 +119,24 @@ class Inspector:
     """A loaded GRAD model: frozen backbone, trained head, per-class calibration."""
 
     def __init__(
-        self, backbone: FrozenBackbone, head: GRADHead, meta: CheckpointMeta, device: torch.device
+        self,
+        backbone: FrozenBackbone,
+        head: GRADHead,
+        meta: CheckpointMeta,
+        device: torch.device,
+        runtime: Runtime | None = None,
     ) -> None:
         keep_activations_on_heap()  # on the CPU, a third of the throughput (model/allocator.py)
         self.backbone = backbone.to(device).eval()
         self.head = head.to(device).eval()
         self.meta = meta
         self.device = device
+        # Eager torch unless an exported runtime was built for this model (`from_checkpoint`).
+        self.runtime: Runtime = runtime or TorchRuntime(self.graph(), device)
+
+    def graph(self) -> ScoringGraph:
+        """The whole scoring path as one module (what an exported runtime runs)."""
+        return ScoringGraph(self.backbone, self.head, self.meta.image_size)
 
     @classmethod
     def from_checkpoint(
@@ -120,11 +145,12 @@ class Inspector:
         device: str | torch.device = "auto",
         backbone_weights: Path | None = None,
         expect: str | None = None,
+        serve: ServeOptions | None = None,
     ) -> Inspector:
-        """Load a checkpoint (a file, or bytes verified to be model `expect` when given)."""
-        tensors, meta = (
-            from_bytes(source, expect) if isinstance(source, bytes) else load_checkpoint(source)
-        )
+        """Load a checkpoint (a file, or bytes verified to be model `expect` when given), to be
+        served by the runtime `serve` asks for (eager torch by default)."""
+        blob = source if isinstance(source, bytes) else Path(source).read_bytes()
+        tensors, meta = from_bytes(blob, expect)
         backbone = build_backbone(meta.backbone, backbone_weights)
         have, want = backbone.info.weights_sha256, meta.backbone_weights_sha256
         if have != want:
@@ -134,7 +160,21 @@ class Inspector:
             )
         head = GRADHead(head_config_from(meta))
         head.load_state_dict(tensors, strict=True)
-        return cls(backbone, head, meta, resolve_device(device))
+        inspector = cls(backbone, head, meta, resolve_device(device))
+        serve = serve or ServeOptions()
+        name = choose(serve.runtime, inspector.device)
+        if name != "torch":
+            try:
+                inspector.runtime = build_runtime(
+                    name, inspector.graph(), inspector.device, blob, serve.graph_cache
+                )
+            except Exception as exc:  # an unwritable cache, an exporter or runtime fault
+                # Never a failure: the model is served, by torch, and the log says why.
+                log.warning(
+                    "runtime %s unavailable for %s (%s: %s): serving with torch",
+                    name, meta.version, type(exc).__name__, exc,
+                )  # fmt: skip
+        return inspector
 
     @property
     def version(self) -> str:
@@ -162,12 +202,7 @@ class Inspector:
         """Score a batch: H x W x 3 uint8 RGB arrays (any size), or a B x 3 x S x S uint8 tensor."""
         size = self.meta.image_size
         batch = images if isinstance(images, torch.Tensor) else to_batch(list(images), size)
-        batch = batch.to(self.device, non_blocking=True)
-        with autocast_for(self.device):
-            x = self.backbone(batch)
-        maps, scores = head_scores(self.head, x.float(), size, self.device)
-        maps_np = maps.cpu().numpy().astype(np.float32)
-        scores_np = scores.cpu().numpy().astype(np.float32)
+        maps_np, scores_np = self.runtime.run(batch)
         classes = list(classes) if classes is not None else [None] * len(scores_np)
         if len(classes) != len(scores_np):
             raise ValueError(f"{len(classes)} classes for {len(scores_np)} images")

@@ -53,9 +53,13 @@ def anomaly_maps(x: torch.Tensor, x_hat: torch.Tensor, image_size: int) -> torch
     return smooth_map(distance_map(x, x_hat), image_size)
 
 
-def image_scores(maps: torch.Tensor) -> torch.Tensor:
-    """Maximum of a 32 x 32 average pool (stride 1, no padding; scaled off 224) of each map: B."""
-    pooled = box_filter(maps.unsqueeze(1), score_pool(maps.shape[-1]), 0)
+def image_scores(maps: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
+    """Maximum of a 32 x 32 average pool (stride 1, no padding; scaled off 224) of each map: B.
+
+    `image_size` (the maps' side) given as a number keeps the pool's width a constant when the
+    function is traced into an exported graph."""
+    size = image_size if image_size is not None else maps.shape[-1]
+    pooled = box_filter(maps.unsqueeze(1), score_pool(size), 0)
     return pooled.flatten(1).amax(dim=1)
 
 
@@ -63,4 +67,4 @@ def score_features(
     x: torch.Tensor, x_hat: torch.Tensor, image_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     maps = anomaly_maps(x, x_hat, image_size)
-    return maps, image_scores(maps)
+    return maps, image_scores(maps, image_size)

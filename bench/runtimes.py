@@ -1,0 +1,168 @@
+"""Runtimes side by side: eager torch, torch with its best CPU settings, and each exported
+runtime, on the same model and inputs, in interleaved turns (so a slow minute of the machine
+hurts every runtime alike), against the machine's own fp32 peak measured in the same run.
+
+    python -m bench.runtimes --variants crad crad-s --batches 1 8 32
+
+Each row: images per second (the median over turns), the ratio to eager torch at the same batch
+size, the model's FLOPs per image (counted by torch's FlopCounterMode on the scoring graph:
+2 per multiply-add, convolutions and matrix products), the achieved GFLOP/s and that as a share
+of the peak, a large fp32 matrix product at the same thread count. Speed needs no training:
+the head is untrained, the backbone is the real Lite0 (its weights shape the exported graph's
+constants exactly as a trained model's do). Inputs are uint8 at the model's size: decoding is
+not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from model.inference.allocator import keep_activations_on_heap
+from model.inference.graph import ScoringGraph, export_onnx
+from model.inference.runtimes import OnnxRuntime, OpenVinoRuntime, TorchRuntime, installed
+from model.net.backbone import build_backbone
+from model.net.config import DECODERS, HeadConfig
+from model.net.grad import GRADHead
+
+SIZE = 224
+
+
+def peak_gflops(seconds: float = 3.0, n: int = 2048) -> float:
+    """The machine's fp32 ceiling here: the best rate of an n x n matrix product."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def flops_per_image(graph: ScoringGraph) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        graph(torch.zeros(1, 3, SIZE, SIZE, dtype=torch.uint8))
+    return float(counter.get_total_flops())
+
+
+class ChannelsLast(TorchRuntime):
+    """Torch's best CPU settings measured here: channels-last tensors for the oneDNN
+    convolutions, under inference mode."""
+
+    name = "torch-channels-last"
+
+    def __init__(self, graph: ScoringGraph) -> None:
+        super().__init__(graph.to(memory_format=torch.channels_last), torch.device("cpu"))
+
+    def run(self, batch: torch.Tensor):  # type: ignore[override]
+        with torch.inference_mode():
+            return super().run(batch.contiguous(memory_format=torch.channels_last))
+
+
+def runtimes_for(graph: ScoringGraph, workdir: Path) -> dict[str, Callable]:
+    onnx = export_onnx(graph, workdir / "graph.onnx")
+    found: dict[str, Callable] = {"torch": TorchRuntime(graph, torch.device("cpu")).run}
+    found["torch-channels-last"] = ChannelsLast(copy.deepcopy(graph)).run  # its own weights
+    if installed("onnxruntime"):
+        found["onnxruntime"] = OnnxRuntime(onnx).run
+    if installed("openvino"):
+        found["openvino"] = OpenVinoRuntime(onnx, workdir).run
+    return found
+
+
+def rate(run: Callable, batch: int, seconds: float) -> float:
+    x = torch.randint(0, 255, (batch, 3, SIZE, SIZE), dtype=torch.uint8)
+    run(x)  # warm-up (allocator, lazy initialisation)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        run(x)
+        n += 1
+    return n * batch / (time.perf_counter() - t0)
+
+
+def bench_variant(variant: str, args: argparse.Namespace, peak: float) -> list[dict]:
+    torch.manual_seed(0)
+    backbone = build_backbone().eval()
+    head = GRADHead(HeadConfig(channels=backbone.info.channels, variant=variant)).eval()
+    graph = ScoringGraph(backbone, head, SIZE).eval()
+    flops = flops_per_image(graph)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = runtimes_for(graph, Path(tmp))
+        seen: dict[tuple[str, int], list[float]] = {}
+        for turn in range(args.turns):
+            for name, run in runs.items():
+                for b in args.batches:
+                    seen.setdefault((name, b), []).append(rate(run, b, args.seconds))
+            print(f"{variant}: turn {turn + 1}/{args.turns} done", flush=True)
+    rows = []
+    for (name, b), rates in seen.items():
+        ips = statistics.median(rates)
+        eager = statistics.median(seen[("torch", b)])
+        gflops = ips * flops / 1e9
+        rows.append(
+            {
+                "variant": variant,
+                "runtime": name,
+                "batch": b,
+                "images_per_s": round(ips, 2),
+                "vs_eager": round(ips / eager, 2),
+                "gflop_per_image": round(flops / 1e9, 2),
+                "gflop_per_s": round(gflops, 1),
+                "share_of_peak": round(gflops / peak, 3),
+                "turns": [round(r, 2) for r in rates],
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict], peak: float) -> str:
+    lines = [
+        f"fp32 peak (2048 x 2048 matrix product, best of the run's start and end, "
+        f"{torch.get_num_threads()} threads): "
+        f"{peak:.0f} GFLOP/s",
+        "",
+        "| model | runtime | batch | images/s | x eager | GFLOP/image | GFLOP/s | of peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['runtime']} | {r['batch']} | {r['images_per_s']:.1f} | "
+            f"{r['vs_eager']:.2f} | {r['gflop_per_image']:.2f} | {r['gflop_per_s']:.0f} | "
+            f"{r['share_of_peak']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.runtimes", description=__doc__)
+    p.add_argument("--variants", nargs="+", choices=sorted(DECODERS), default=["crad", "crad-s"])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--seconds", type=float, default=4.0, help="per runtime, batch and turn")
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--json", type=Path, help="write the rows here")
+    args = p.parse_args(argv)
+    keep_activations_on_heap()  # what every Inspector does: torch measured as it serves
+    peak = peak_gflops()
+    rows = [r for v in args.variants for r in bench_variant(v, args, peak)]
+    later = peak_gflops()  # the machine's speed drifts: the higher of the two is the ceiling
+    if later > peak:
+        peak = later
+        for r in rows:
+            r["share_of_peak"] = round(r["gflop_per_s"] / peak, 3)
+    print(table(rows, peak))
+    if args.json:
+        args.json.write_text(json.dumps({"peak_gflops": peak, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

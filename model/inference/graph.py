@@ -1,0 +1,84 @@
+"""A checkpoint's whole scoring path as one module, and that module exported as one graph.
+
+`ScoringGraph` takes what `model.data.images.to_batch` makes (uint8 images, B x 3 x S x S,
+already resized) and returns the anomaly maps (B x S x S) and image scores (B): normalisation,
+the frozen backbone and its taps, the GRAD head with refinement, the spec's map and score. It
+computes exactly what the torch path of `Inspector.inspect` computes on the CPU, so an export of
+it serves the same scores; the parity tests hold the two together.
+
+`export_onnx` traces it once with a dynamic batch dimension (ONNX opset 17, the TorchScript
+exporter: it needs no extra package and keeps the graph's constants, such as the refinement
+threshold and the pooling widths, as constants). `cached_onnx` keeps the result under a graph
+cache, keyed by the checkpoint bytes' sha256 and the exporter's version, so a model is exported
+once per machine and never downloaded; a stale or foreign file is simply not found under its
+key. Writes are atomic: two workers exporting the same model at once do not tear the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from model.core.files import atomic_write
+from model.net.backbone import FrozenBackbone
+from model.net.grad import GRADHead
+from model.net.scoring import score_features
+
+OPSET = 17
+INPUT = "images"
+OUTPUTS = ("maps", "scores")
+
+
+class ScoringGraph(nn.Module):
+    def __init__(self, backbone: FrozenBackbone, head: GRADHead, image_size: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.image_size = image_size
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.backbone(images).float()
+        return score_features(x, self.head(x), self.image_size)
+
+
+def graph_key(checkpoint: bytes) -> str:
+    """What names an exported graph: the checkpoint's content and the exporter that made it."""
+    digest = hashlib.sha256(checkpoint).hexdigest()[:16]
+    return f"{digest}-torch{torch.__version__.split('+')[0]}-opset{OPSET}"
+
+
+def export_onnx(graph: ScoringGraph, path: Path) -> Path:
+    """Trace `graph` (on the CPU, in eval mode) into an ONNX file with a dynamic batch."""
+    graph = graph.cpu().eval()
+    size = graph.image_size
+    example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
+    dynamic = {INPUT: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUTS}}
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(tmp),
+                input_names=[INPUT],
+                output_names=list(OUTPUTS),
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+
+    atomic_write(path, write)
+    return path
+
+
+def cached_onnx(graph: ScoringGraph, checkpoint: bytes, cache_dir: Path) -> Path:
+    """The ONNX export of `graph` (built from `checkpoint`) under `cache_dir`, made if absent."""
+    path = cache_dir / f"{graph_key(checkpoint)}.onnx"
+    if not path.is_file():
+        export_onnx(graph, path)
+    return path
