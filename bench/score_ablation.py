@@ -33,7 +33,8 @@ from tqdm import tqdm
 from model.data.images import read_image, read_mask, to_batch
 from model.data.mvtec import TestItem, test_items
 from model.evaluation.run import METRIC_SIZE, at_metric_size, image_labels
-from model.inference.inspector import Inspector, autocast_for
+from model.inference.graph import autocast_for
+from model.inference.inspector import Inspector
 from model.metrics.curves import auroc
 from model.net.scoring import distance_map, image_scores, smooth_map
 

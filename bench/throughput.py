@@ -20,7 +20,8 @@ import timm
 import torch
 from tqdm import tqdm
 
-from model.inference.inspector import Inspector, autocast_for, head_scores, resolve_device
+from model.inference.graph import autocast_for, head_scores
+from model.inference.inspector import Inspector, resolve_device
 from model.net.backbone import build_backbone, wrap_network
 from model.net.config import DECODERS, DEFAULT_VARIANT, HeadConfig
 from model.net.grad import GRADHead, count_trainable

@@ -79,7 +79,6 @@ class Worker:
         )
         assert settings.results_topic and settings.dlq_topic  # filled in by the settings
         self.router = router
-        self.records = records
         self.limits = RecordLimits(
             max_value_bytes=settings.max_message_bytes,
             max_json_depth=settings.max_json_depth,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -33,6 +34,24 @@ INPUT = "images"
 OUTPUTS = ("maps", "scores")
 
 
+def autocast_for(device: torch.device):
+    """Mixed precision on CUDA (fp16 convolutions); full precision on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def head_scores(
+    head: GRADHead, x: torch.Tensor, image_size: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly maps (B x S x S) and image scores (B) for backbone features x, in float32."""
+    device = device or x.device
+    with autocast_for(device):
+        x_hat = head(x)
+    return score_features(x, x_hat, image_size)
+
+
 class ScoringGraph(nn.Module):
     def __init__(self, backbone: FrozenBackbone, head: GRADHead, image_size: int) -> None:
         super().__init__()
@@ -41,8 +60,10 @@ class ScoringGraph(nn.Module):
         self.image_size = image_size
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.backbone(images).float()
-        return score_features(x, self.head(x), self.image_size)
+        """Mixed precision for the convolutions on CUDA; the map and score in float32."""
+        with autocast_for(images.device):
+            x = self.backbone(images)
+        return head_scores(self.head, x.float(), self.image_size)
 
 
 def graph_key(checkpoint: bytes) -> str:

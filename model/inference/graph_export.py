@@ -22,7 +22,7 @@ from model.data.images import read_image, read_mask
 from model.data.mvtec import TestItem, test_items
 from model.data.sample import make_sample
 from model.inference.checkpoint import read_meta
-from model.inference.graph import cached_onnx
+from model.inference.graph import graph_key
 from model.inference.inspector import BatchResult, Inspector, ServeOptions
 from model.inference.parity import Parity, compare
 
@@ -45,10 +45,13 @@ def export_verified(
     """Export `checkpoint` into `cache_dir` for `runtime` and check it on `items`."""
     blob = checkpoint.read_bytes()
     reference = Inspector.from_checkpoint(blob, "cpu")
-    path = cached_onnx(reference.graph(), blob, cache_dir)
     served = Inspector.from_checkpoint(blob, "cpu", serve=ServeOptions(runtime, cache_dir))
     if served.runtime.name != runtime:
-        raise ExportError(f"runtime {runtime} is not installed here: nothing to check it with")
+        raise ExportError(
+            f"runtime {runtime} cannot serve here (not installed, or the export failed: the log "
+            "says which): nothing to check"
+        )
+    path = cache_dir / f"{graph_key(blob)}.onnx"  # what serving `served` made or found
     parity = check(reference, served, items)
     if not parity.ok:
         path.unlink(missing_ok=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +17,12 @@ import torch
 from model.data.images import to_batch
 from model.inference.allocator import keep_activations_on_heap
 from model.inference.checkpoint import from_bytes
-from model.inference.graph import ScoringGraph
+from model.inference.graph import ScoringGraph, head_scores
 from model.inference.runtimes import Runtime, TorchRuntime, build_runtime, choose
 from model.metrics.calibration import confidence
 from model.net.backbone import FrozenBackbone, WeightsError, build_backbone
 from model.net.config import HeadConfig
 from model.net.grad import GRADHead
-from model.net.scoring import score_features
 from schemas import CheckpointMeta, ClassCalibration
 
 log = logging.getLogger("model.inference.inspector")
@@ -34,24 +32,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def autocast_for(device: torch.device):
-    """Mixed precision on CUDA (fp16 convolutions); full precision on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
-
-
-@torch.no_grad()
-def head_scores(
-    head: GRADHead, x: torch.Tensor, image_size: int, device: torch.device | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anomaly maps (B x S x S) and image scores (B) for backbone features x, in float32."""
-    device = device or x.device
-    with autocast_for(device):
-        x_hat = head(x)
-    return score_features(x, x_hat, image_size)
 
 
 @torch.no_grad()

@@ -14,7 +14,6 @@ line, never a failure.
 from __future__ import annotations
 
 import logging
-import os
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal, Protocol
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 
 from model.inference.graph import INPUT, ScoringGraph, cached_onnx
-from model.net.scoring import score_features
 
 RuntimeName = Literal["auto", "torch", "onnxruntime", "openvino"]
 RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
@@ -67,7 +65,7 @@ def choose(requested: str, device: torch.device) -> str:
 
 def threads() -> int:
     """Intra-op threads for an exported runtime: what torch was given (the cgroup's CPUs)."""
-    return max(1, torch.get_num_threads() or os.cpu_count() or 1)
+    return torch.get_num_threads()
 
 
 class TorchRuntime:
@@ -79,15 +77,7 @@ class TorchRuntime:
 
     @torch.no_grad()
     def run(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        batch = batch.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            # Mixed precision for the convolutions; the map and score in float32.
-            with torch.autocast("cuda", dtype=torch.float16):
-                x = self.graph.backbone(batch)
-                x_hat = self.graph.head(x.float())
-            maps, scores = score_features(x.float(), x_hat, self.graph.image_size)
-        else:
-            maps, scores = self.graph(batch)
+        maps, scores = self.graph(batch.to(self.device, non_blocking=True))
         return _numpy(maps), _numpy(scores)
 
 
