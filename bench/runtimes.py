@@ -3,6 +3,7 @@ runtime, on the same model and inputs, in interleaved turns (so a slow minute of
 hurts every runtime alike), against the machine's own fp32 peak measured in the same run.
 
     python -m bench.runtimes --variants crad crad-s --batches 1 8 32
+    python -m bench.runtimes --device cuda --batches 1 8 32 128     # on a GPU machine
 
 Each row: images per second (the median over turns), the ratio to eager torch at the same batch
 size, the model's FLOPs per image (counted by torch's FlopCounterMode on the scoring graph:
@@ -10,7 +11,9 @@ size, the model's FLOPs per image (counted by torch's FlopCounterMode on the sco
 of the peak, a large fp32 matrix product at the same thread count. Speed needs no training:
 the head is untrained, the backbone is the real Lite0 (its weights shape the exported graph's
 constants exactly as a trained model's do). Inputs are uint8 at the model's size: decoding is
-not timed.
+not timed. Reduced-precision rows (int8 under each exported runtime, OpenVINO's bf16 where the
+CPU has it) are speed only, against the same fp32 peak; their quality on a real model is the
+precision gate's (`python -m model.export --precision int8 --data DIR`).
 """
 
 from __future__ import annotations
@@ -24,12 +27,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.inference.allocator import keep_activations_on_heap
 from model.inference.graph import ScoringGraph, export_onnx
-from model.inference.runtimes import OnnxRuntime, OpenVinoRuntime, TorchRuntime, installed
+from model.inference.quantize import quantize_int8
+from model.inference.runtimes import (
+    OnnxRuntime,
+    OpenVinoRuntime,
+    TorchRuntime,
+    gpu_providers,
+    installed,
+    onnx_providers,
+    openvino_has_bf16,
+)
 from model.net.backbone import build_backbone
 from model.net.config import DECODERS, HeadConfig
 from model.net.grad import GRADHead
@@ -37,13 +50,20 @@ from model.net.grad import GRADHead
 SIZE = 224
 
 
-def peak_gflops(seconds: float = 3.0, n: int = 2048) -> float:
-    """The machine's fp32 ceiling here: the best rate of an n x n matrix product."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def peak_gflops(seconds: float = 3.0, n: int = 2048, device: str = "cpu") -> float:
+    """The machine's fp32 ceiling here: the best rate of an n x n matrix product (on a GPU,
+    n = 8192 and synchronised, TF32 off: the fp32 figure, not the tensor cores')."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        n = 8192
+        torch.backends.cuda.matmul.allow_tf32 = False
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
     best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         t0 = time.perf_counter()
         torch.mm(a, b)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return best
 
@@ -69,7 +89,23 @@ class ChannelsLast(TorchRuntime):
             return super().run(batch.contiguous(memory_format=torch.channels_last))
 
 
-def runtimes_for(graph: ScoringGraph, workdir: Path) -> dict[str, Callable]:
+def gpu_runtimes(graph: ScoringGraph, workdir: Path, device: torch.device) -> dict[str, Callable]:
+    """On a GPU: torch as it serves (channels-last, fp16 autocast convolutions), torch compiled
+    with CUDA graphs (`reduce-overhead`: one launch per batch instead of one per kernel), and
+    ONNX Runtime on TensorRT or CUDA where `onnxruntime-gpu` is installed."""
+    onnx = export_onnx(graph, workdir / "graph.onnx")
+    found: dict[str, Callable] = {"torch": TorchRuntime(graph, device).run}
+    compiled = TorchRuntime(copy.deepcopy(graph), device)
+    compiled.graph = torch.compile(compiled.graph, mode="reduce-overhead", dynamic=False)
+    found["torch-compiled"] = compiled.run
+    if installed("onnxruntime") and gpu_providers():
+        found["onnxruntime " + gpu_providers()[0]] = OnnxRuntime(
+            onnx, "fp32", onnx_providers(device, workdir)
+        ).run
+    return found
+
+
+def runtimes_for(graph: ScoringGraph, workdir: Path, reduced: bool) -> dict[str, Callable]:
     onnx = export_onnx(graph, workdir / "graph.onnx")
     found: dict[str, Callable] = {"torch": TorchRuntime(graph, torch.device("cpu")).run}
     found["torch-channels-last"] = ChannelsLast(copy.deepcopy(graph)).run  # its own weights
@@ -77,6 +113,26 @@ def runtimes_for(graph: ScoringGraph, workdir: Path) -> dict[str, Callable]:
         found["onnxruntime"] = OnnxRuntime(onnx).run
     if installed("openvino"):
         found["openvino"] = OpenVinoRuntime(onnx, workdir).run
+    if reduced:
+        found.update(reduced_runtimes(onnx, workdir))
+    return found
+
+
+def reduced_runtimes(onnx: Path, workdir: Path) -> dict[str, Callable]:
+    """int8 under each exported runtime, and OpenVINO's bf16 where the CPU has it: speed only.
+    The int8 ranges are calibrated on random images here (speed does not depend on them);
+    what a real model's quality does in int8 is the precision gate's to say."""
+    found: dict[str, Callable] = {}
+    if not installed("onnxruntime"):  # the quantiser is ONNX Runtime's
+        return found
+    rng = np.random.default_rng(0)
+    calibration = [rng.integers(0, 255, (4, 3, SIZE, SIZE), dtype=np.uint8) for _ in range(2)]
+    int8 = quantize_int8(onnx, calibration, workdir / "graph-int8.onnx")
+    found["onnxruntime int8"] = OnnxRuntime(int8, "int8").run
+    if installed("openvino"):
+        found["openvino int8"] = OpenVinoRuntime(int8, workdir, "int8").run
+        if openvino_has_bf16():
+            found["openvino bf16"] = OpenVinoRuntime(onnx, workdir, "bf16").run
     return found
 
 
@@ -97,7 +153,11 @@ def bench_variant(variant: str, args: argparse.Namespace, peak: float) -> list[d
     graph = ScoringGraph(backbone, head, SIZE).eval()
     flops = flops_per_image(graph)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = runtimes_for(graph, Path(tmp))
+        device = torch.device(args.device)
+        if device.type == "cuda":
+            runs = gpu_runtimes(graph, Path(tmp), device)
+        else:
+            runs = runtimes_for(graph, Path(tmp), args.reduced)
         seen: dict[tuple[str, int], list[float]] = {}
         for turn in range(args.turns):
             for name, run in runs.items():
@@ -150,11 +210,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="per runtime, batch and turn")
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--json", type=Path, help="write the rows here")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    p.add_argument(
+        "--no-reduced", dest="reduced", action="store_false", help="fp32 rows only (no int8, bf16)"
+    )
     args = p.parse_args(argv)
     keep_activations_on_heap()  # what every Inspector does: torch measured as it serves
-    peak = peak_gflops()
+    peak = peak_gflops(device=args.device)
     rows = [r for v in args.variants for r in bench_variant(v, args, peak)]
-    later = peak_gflops()  # the machine's speed drifts: the higher of the two is the ceiling
+    later = peak_gflops(
+        device=args.device
+    )  # the machine's speed drifts: the higher of the two is the ceiling
     if later > peak:
         peak = later
         for r in rows:

@@ -196,6 +196,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=["auto", "torch", "onnxruntime", "openvino"],
         help="what scores, on both sides (model.inference.runtimes)",
     )
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "int8"],
+        help="served only where the gate approved it in --graph-cache (model.export --precision)",
+    )
+    ap.add_argument("--graph-cache", type=Path, help="default: OUT/graphs")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -212,11 +219,17 @@ def main(argv: list[str] | None = None) -> None:
     picks = (picks * (args.images // len(picks) + 1))[: args.images]
     blobs = [p.read_bytes() for _, p, _ in picks]
 
-    graphs = out / "graphs"
-    inspector = Inspector.from_checkpoint(ckpt, "cpu", serve=ServeOptions(args.runtime, graphs))
-    runtime_env = {"WORKER_RUNTIME": args.runtime, "WORKER_GRAPH_CACHE": str(graphs)}
+    graphs = (args.graph_cache or out / "graphs").resolve()
+    serve = ServeOptions(args.runtime, graphs, args.precision)
+    inspector = Inspector.from_checkpoint(ckpt, "cpu", serve=serve)
+    runtime_env = {
+        "WORKER_RUNTIME": args.runtime,
+        "WORKER_GRAPH_CACHE": str(graphs),
+        "WORKER_PRECISION": args.precision,
+    }
     report: dict = {
         "runtime": inspector.runtime.name,
+        "precision": inspector.runtime.precision,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "checkpoint": inspector.version,
         "images": len(blobs),

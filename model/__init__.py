@@ -9,9 +9,10 @@ enforces it), and nothing in `model` imports `worker` or `bench`:
     data        images, MVTec layout, sample, URI roots and reader, recorded images, feature cache
     stores      blobs, artifacts, Redis state, SQL records, migrations, labels, store settings
     settings    the programs' settings (declared here, read once by a command)
-    inference   the Inspector, checkpoint format, allocator, scoring graph, runtimes, parity
+    inference   the Inspector, checkpoint format, allocator, scoring graph, runtimes, parity,
+                precisions and their approvals, int8 quantisation
     training    options, held-out split, fit, export, runs
-    evaluation  the field's metrics on a test split, figures
+    evaluation  the field's metrics on a test split, figures, the precision gate
     lifecycle   retraining window, selection, gate, promotion, the retraining's steps, report
 
 The commands at the top (`train`, `evaluate`, `export`, `retrain`, `promote`, `label`,

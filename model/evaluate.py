@@ -27,16 +27,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", help="cpu, cuda or auto")
     p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "openvino"])
+    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], help="gate-approved only")
     args = p.parse_args(argv)
-    given = {k: getattr(args, k) for k in ("device", "runtime") if getattr(args, k)}
+    given = {k: getattr(args, k) for k in ("device", "runtime", "precision") if getattr(args, k)}
     settings = ModelSettings(**given)
     inspector = Inspector.from_checkpoint(
         args.ckpt,
         settings.device,
         settings.backbone_weights,
-        serve=ServeOptions(settings.runtime, settings.graph_cache),
+        serve=ServeOptions(settings.runtime, settings.graph_cache, settings.precision),
     )
-    print(f"scoring with {inspector.runtime.name}")
+    print(f"scoring with {inspector.runtime.name} in {inspector.runtime.precision}")
     out = args.out or args.ckpt.with_suffix("").with_name(args.ckpt.stem + "-eval")
     report = evaluate(inspector, args.data, out, args.classes, batch_size=args.batch_size)
     print(format_table(report))

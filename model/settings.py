@@ -47,6 +47,9 @@ class ModelSettings(BaseSettings):
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     # Exported graphs, made on first use and keyed by the checkpoint's content; delete freely.
     graph_cache: Path = Path(".cache/grad-graphs")
+    # A reduced precision is served only where the precision gate approved the model in
+    # `graph_cache` (`python -m model.export --precision int8 --data DIR`); else fp32.
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
     @field_validator("image_size")
     @classmethod

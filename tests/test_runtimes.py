@@ -122,6 +122,29 @@ def test_auto_takes_an_exported_runtime_on_the_cpu_and_torch_on_a_gpu():
         runtimes.choose("tensorrt-ish", torch.device("cpu"))
 
 
+def test_on_a_gpu_onnxruntime_needs_a_gpu_provider(monkeypatch, caplog, tmp_path):
+    """The CPU wheel installed here has no GPU provider: onnxruntime asked for on CUDA falls
+    back to torch; with one (onnxruntime-gpu, stated here because it cannot be installed
+    without a GPU), it serves, TensorRT first with its engines kept in the graph cache."""
+    cuda = torch.device("cuda")
+    if "onnxruntime" not in EXPORTED:
+        pytest.skip("onnxruntime not installed")
+    assert runtimes.gpu_providers() == []
+    with caplog.at_level(logging.WARNING, logger="model.inference.runtimes"):
+        assert runtimes.choose("onnxruntime", cuda) == "torch"
+        assert runtimes.choose("openvino", cuda) == "torch"
+    assert "no GPU provider" in caplog.text and "CPU only" in caplog.text
+    assert runtimes.onnx_providers(torch.device("cpu"), tmp_path) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(
+        runtimes, "gpu_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    )
+    assert runtimes.choose("onnxruntime", cuda) == "onnxruntime"
+    trt, plain, cpu = runtimes.onnx_providers(cuda, tmp_path)
+    assert trt[0] == "TensorrtExecutionProvider"
+    assert trt[1]["trt_engine_cache_path"] == str(tmp_path / "tensorrt")
+    assert (plain, cpu) == ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
 def test_a_missing_runtime_falls_back_to_torch_with_a_log_line(monkeypatch, caplog):
     # An uninstalled package cannot be made to appear here on demand: `installed` is told so.
     monkeypatch.setattr(runtimes, "installed", lambda name: name == "torch")

@@ -199,6 +199,7 @@ class ModelRouter:
             version=version,
             device=str(inspector.device),
             runtime=inspector.runtime.name,
+            precision=inspector.runtime.precision,
         )
         return inspector
 

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.device,
         settings.backbone_weights,
         settings.state_refresh_s,
-        ServeOptions(settings.runtime, settings.graph_cache),
+        ServeOptions(settings.runtime, settings.graph_cache, settings.precision),
     )
     router.start(settings.checkpoint)
     log.info("model ready", active=router.active, state_store_ok=router.store_ok)

@@ -91,6 +91,10 @@ class WorkerSettings(StoreSettings):
     # content, made when a model is first loaded.
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     graph_cache: Path = Path(".cache/grad-graphs")
+    # A reduced precision (`int8`, or `bf16` on OpenVINO) is served only for a model the
+    # precision gate approved in `graph_cache` (python -m model.export --precision ...);
+    # any other model in fp32, with a log line.
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
     # Shared state: Redis (`redis_url`), or in process when unset.
     # How often the state is re-read even without an announcement (a missed message).

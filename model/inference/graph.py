@@ -16,6 +16,7 @@ key. Writes are atomic: two workers exporting the same model at once do not tear
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import warnings
 from contextlib import nullcontext
@@ -74,7 +75,7 @@ def graph_key(checkpoint: bytes) -> str:
 
 def export_onnx(graph: ScoringGraph, path: Path) -> Path:
     """Trace `graph` (on the CPU, in eval mode) into an ONNX file with a dynamic batch."""
-    graph = graph.cpu().eval()
+    graph = copy.deepcopy(graph).cpu().eval()  # the caller's modules stay where they are
     size = graph.image_size
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     dynamic = {INPUT: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUTS}}
@@ -97,9 +98,16 @@ def export_onnx(graph: ScoringGraph, path: Path) -> Path:
     return path
 
 
+def onnx_path(cache_dir: Path, checkpoint: bytes, precision: str = "fp32") -> Path:
+    """Where a checkpoint's exported graph lies in a graph cache: the fp32 export, or its int8
+    form (`model.inference.quantize`, made only by the precision gate)."""
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return cache_dir / f"{graph_key(checkpoint)}{suffix}.onnx"
+
+
 def cached_onnx(graph: ScoringGraph, checkpoint: bytes, cache_dir: Path) -> Path:
     """The ONNX export of `graph` (built from `checkpoint`) under `cache_dir`, made if absent."""
-    path = cache_dir / f"{graph_key(checkpoint)}.onnx"
+    path = onnx_path(cache_dir, checkpoint)
     if not path.is_file():
         export_onnx(graph, path)
     return path

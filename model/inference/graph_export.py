@@ -22,7 +22,7 @@ from model.data.images import read_image, read_mask
 from model.data.mvtec import TestItem, test_items
 from model.data.sample import make_sample
 from model.inference.checkpoint import read_meta
-from model.inference.graph import graph_key
+from model.inference.graph import onnx_path
 from model.inference.inspector import BatchResult, Inspector, ServeOptions
 from model.inference.parity import Parity, compare
 
@@ -51,7 +51,7 @@ def export_verified(
             f"runtime {runtime} cannot serve here (not installed, or the export failed: the log "
             "says which): nothing to check"
         )
-    path = cache_dir / f"{graph_key(blob)}.onnx"  # what serving `served` made or found
+    path = onnx_path(cache_dir, blob)  # what serving `served` made or found
     parity = check(reference, served, items)
     if not parity.ok:
         path.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from model.data.images import to_batch
 from model.inference.allocator import keep_activations_on_heap
 from model.inference.checkpoint import from_bytes
 from model.inference.graph import ScoringGraph, head_scores
+from model.inference.precision import approved, supported
 from model.inference.runtimes import Runtime, TorchRuntime, build_runtime, choose
 from model.metrics.calibration import confidence
 from model.net.backbone import FrozenBackbone, WeightsError, build_backbone
@@ -74,6 +75,33 @@ class ServeOptions:
 
     runtime: str = "torch"
     graph_cache: Path = Path(".cache/grad-graphs")
+    # fp32, or a reduced precision the precision gate approved for this checkpoint and runtime
+    # (`model.inference.precision`); without its approval the model is served in fp32.
+    precision: str = "fp32"
+
+
+def serve_precision(
+    serve: ServeOptions, runtime: str, device: torch.device, blob: bytes, version: str
+) -> str:
+    """The precision a model is served in: the one asked for where this runtime computes in it
+    and the gate approved it for this checkpoint, else fp32 with a log line saying why."""
+    wanted = serve.precision
+    if wanted == "fp32":
+        return wanted
+    if wanted not in supported(runtime, device):
+        log.warning(
+            "%s on %s does not compute in %s (only %s): serving %s in fp32",
+            runtime, device.type, wanted, ", ".join(supported(runtime, device)), version,
+        )  # fmt: skip
+        return "fp32"
+    if not approved(serve.graph_cache, blob, runtime, wanted):
+        log.warning(
+            "%s in %s on %s is not approved by the precision gate in %s (python -m model.export "
+            "--precision %s --runtime %s --data DIR): serving in fp32",
+            version, wanted, runtime, serve.graph_cache, wanted, runtime,
+        )  # fmt: skip
+        return "fp32"
+    return wanted
 
 
 @dataclass(frozen=True)
@@ -141,20 +169,25 @@ class Inspector:
         head = GRADHead(head_config_from(meta))
         head.load_state_dict(tensors, strict=True)
         inspector = cls(backbone, head, meta, resolve_device(device))
-        serve = serve or ServeOptions()
-        name = choose(serve.runtime, inspector.device)
-        if name != "torch":
-            try:
-                inspector.runtime = build_runtime(
-                    name, inspector.graph(), inspector.device, blob, serve.graph_cache
-                )
-            except Exception as exc:  # an unwritable cache, an exporter or runtime fault
-                # Never a failure: the model is served, by torch, and the log says why.
-                log.warning(
-                    "runtime %s unavailable for %s (%s: %s): serving with torch",
-                    name, meta.version, type(exc).__name__, exc,
-                )  # fmt: skip
+        inspector.serve_with(serve or ServeOptions(), blob)
         return inspector
+
+    def serve_with(self, serve: ServeOptions, blob: bytes) -> None:
+        """Build the runtime `serve` asks for (the model's bytes key its exports). Never a
+        failure: what cannot be had is replaced by what can, and the log says why."""
+        name = choose(serve.runtime, self.device)
+        precision = serve_precision(serve, name, self.device, blob, self.version)
+        if name == "torch" and precision == "fp32":
+            return  # eager torch, built by the constructor
+        try:
+            self.runtime = build_runtime(
+                name, self.graph(), self.device, blob, serve.graph_cache, precision
+            )
+        except Exception as exc:  # an unwritable cache, an exporter or runtime fault
+            log.warning(
+                "runtime %s (%s) unavailable for %s (%s: %s): serving with torch in fp32",
+                name, precision, self.version, type(exc).__name__, exc,
+            )  # fmt: skip
 
     @property
     def version(self) -> str:
