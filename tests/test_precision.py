@@ -72,7 +72,9 @@ def test_calibration_uses_the_held_out_normals_only(tiny_ckpt, sample_data, judg
 def test_an_approved_model_is_served_in_int8(judged, tiny_ckpt, sample_data):
     _, cache = judged
     blob = tiny_ckpt.read_bytes()
-    assert approved(cache, blob, INT8[0], "int8") and onnx_path(cache, blob, "int8").is_file()
+    assert approved(cache, blob, INT8[0], "int8")
+    assert onnx_path(cache, blob, "int8", INT8[0]).is_file()
+    assert not list(cache.glob("*.candidate.onnx"))  # the judged graph was put in its place
     int8 = Inspector.from_checkpoint(tiny_ckpt, "cpu", serve=ServeOptions(INT8[0], cache, "int8"))
     fp32 = Inspector.from_checkpoint(tiny_ckpt, "cpu", serve=ServeOptions(INT8[0], cache))
     assert (int8.runtime.precision, fp32.runtime.precision) == ("int8", "fp32")
@@ -92,7 +94,8 @@ def test_a_refusal_removes_the_int8_graph_and_serving_stays_fp32(
     assert not report.passed and any("drops by" in p for p in report.problems)
     assert "REFUSED" in gate.format_report(report)
     blob = tiny_ckpt.read_bytes()
-    assert not onnx_path(tmp_path, blob, "int8").exists()
+    assert not onnx_path(tmp_path, blob, "int8", INT8[0]).exists()
+    assert not list(tmp_path.glob("*.candidate.onnx"))
     assert not approval_path(tmp_path, blob, INT8[0], "int8").exists()
     with caplog.at_level(logging.WARNING, logger="model.inference.inspector"):
         served = Inspector.from_checkpoint(
@@ -172,3 +175,14 @@ def test_openvino_serves_fp32_on_a_cpu_whose_default_is_bf16(tiny_ckpt, tmp_path
     bf16 = OpenVinoRuntime(path, tmp_path, "bf16").run(x)[1]
     assert np.allclose(fp32, ref, rtol=1e-4)
     assert not np.allclose(bf16, ref, rtol=1e-4) and np.allclose(bf16, ref, rtol=0.05)
+
+
+@pytest.mark.skipif(len(INT8) < 2, reason="needs both ONNX Runtime and OpenVINO")
+def test_judging_one_runtime_leaves_another_runtimes_approval(judged, tiny_ckpt, sample_data):
+    _, cache = judged
+    blob = tiny_ckpt.read_bytes()
+    before = onnx_path(cache, blob, "int8", INT8[0]).read_bytes()
+    refused = gate.judge(tiny_ckpt, sample_data, INT8[1], "int8", cache, IMPOSSIBLE)
+    assert not refused.passed and not approved(cache, blob, INT8[1], "int8")
+    assert approved(cache, blob, INT8[0], "int8")
+    assert onnx_path(cache, blob, "int8", INT8[0]).read_bytes() == before

@@ -13,12 +13,15 @@ data set in MVTec layout:
    runtime in the reduced precision;
 4. the verdict: refused when the mean image AUROC drops by more than 0.005 or the mean pixel
    AUROC by more than 0.01 (`MAX_IMAGE_DROP`, `MAX_PIXEL_DROP`; also any single class by more
-   than twice that, so a mean cannot hide one class's loss). A pass writes the approval the
-   runtimes look for (`model.inference.precision.approved`); a refusal removes what step 1 made.
+   than twice that, so a mean cannot hide one class's loss). A pass puts the judged graph in
+   place and writes the approval the runtimes look for (`model.inference.precision.approved`);
+   a refusal removes what step 1 made, and any earlier approval of that runtime and precision:
+   the last judgement stands.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -38,19 +41,23 @@ from model.inference.precision import (
     Approval,
     PrecisionError,
     approval_path,
-    approved,
     check_supported,
     write_approval,
 )
 from model.inference.quantize import quantize_int8
-from model.inference.runtimes import build_runtime, openvino_has_bf16
+from model.inference.runtimes import (
+    OnnxRuntime,
+    OpenVinoRuntime,
+    Runtime,
+    build_runtime,
+    openvino_has_bf16,
+)
 from model.metrics.curves import auroc
 from model.training.split import split_heldout
 
 MAX_IMAGE_DROP = 0.005
 MAX_PIXEL_DROP = 0.01
 CLASS_FACTOR = 2.0  # one class may lose at most this times the mean's limit
-INT8_RUNTIMES = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -155,21 +162,31 @@ def make_reduced(
     calibration: list[Path],
     options: GateOptions,
     say: Callable[[str], None],
-):
-    """The runtime in its reduced precision (`served`: runtime, precision); for int8, first the
-    quantised graph (written to the cache)."""
+) -> Runtime:
+    """The runtime in its reduced precision (`served`: runtime, precision). For int8, the
+    quantised graph is written as a candidate beside its place in the cache and run from there:
+    what a worker may load under that name changes only once the gate passed (`record`)."""
     runtime, precision = served
     if precision == "bf16" and not openvino_has_bf16():
         raise PrecisionError("this CPU has no bf16 (AVX512-BF16 or AMX): nothing to judge")
-    if precision == "int8":
-        source = cached_onnx(fp32.graph(), blob, cache_dir)
-        say(
-            f"quantising to int8 ({options.int8_scope}), calibrated on {len(calibration)} "
-            "held-out normal images"
-        )
-        batches = _batches(calibration, fp32.meta.image_size)
-        quantize_int8(source, batches, onnx_path(cache_dir, blob, "int8"), options.int8_scope)
-    return build_runtime(runtime, fp32.graph(), fp32.device, blob, cache_dir, precision)
+    if precision != "int8":
+        return build_runtime(runtime, fp32.graph(), fp32.device, blob, cache_dir, precision)
+    source = cached_onnx(fp32.graph(), blob, cache_dir)
+    say(
+        f"quantising to int8 ({options.int8_scope}), calibrated on {len(calibration)} "
+        "held-out normal images"
+    )
+    candidate = _candidate(cache_dir, blob, runtime)
+    quantize_int8(source, _batches(calibration, fp32.meta.image_size), candidate,
+                  options.int8_scope)  # fmt: skip
+    if runtime == "onnxruntime":
+        return OnnxRuntime(candidate, "int8")
+    return OpenVinoRuntime(candidate, cache_dir, "int8")
+
+
+def _candidate(cache_dir: Path, blob: bytes, runtime: str) -> Path:
+    final = onnx_path(cache_dir, blob, "int8", runtime)
+    return final.with_name(final.stem + ".candidate.onnx")
 
 
 def _batches(paths: list[Path], size: int, batch: int = 8) -> Iterator[np.ndarray]:
@@ -235,15 +252,20 @@ def decide(report: GateReport) -> None:
 
 
 def record(report: GateReport, blob: bytes, cache_dir: Path) -> None:
-    """Write the approval (a pass), or remove the reduced graph and any earlier approval."""
+    """The last judgement stands. A pass puts the judged int8 graph in its place and writes the
+    approval; a refusal removes the candidate, the runtime's int8 graph and its approval."""
     path = approval_path(cache_dir, blob, report.runtime, report.precision)
+    int8 = report.precision == "int8"
+    final = onnx_path(cache_dir, blob, "int8", report.runtime)
+    candidate = _candidate(cache_dir, blob, report.runtime)
     if not report.passed:
         path.unlink(missing_ok=True)
-        # The int8 graph is shared by the runtimes that read it: kept while one approval stands.
-        others = [r for r in INT8_RUNTIMES if approved(cache_dir, blob, r, "int8")]
-        if report.precision == "int8" and not others:
-            onnx_path(cache_dir, blob, "int8").unlink(missing_ok=True)
+        if int8:
+            final.unlink(missing_ok=True)
+            candidate.unlink(missing_ok=True)
         return
+    if int8:
+        os.replace(candidate, final)
     approval = Approval(
         version=report.version,
         runtime=report.runtime,

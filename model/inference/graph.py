@@ -98,10 +98,14 @@ def export_onnx(graph: ScoringGraph, path: Path) -> Path:
     return path
 
 
-def onnx_path(cache_dir: Path, checkpoint: bytes, precision: str = "fp32") -> Path:
-    """Where a checkpoint's exported graph lies in a graph cache: the fp32 export, or its int8
-    form (`model.inference.quantize`, made only by the precision gate)."""
-    suffix = "" if precision == "fp32" else f"-{precision}"
+def onnx_path(
+    cache_dir: Path, checkpoint: bytes, precision: str = "fp32", runtime: str = ""
+) -> Path:
+    """Where a checkpoint's exported graph lies in a graph cache: the fp32 export, or the int8
+    form one runtime was judged on (`model.inference.quantize`, made only by the precision
+    gate; one per runtime, so judging one runtime never replaces what another was approved on).
+    """
+    suffix = "" if precision == "fp32" else f"-{runtime}-{precision}"
     return cache_dir / f"{graph_key(checkpoint)}{suffix}.onnx"
 
 

@@ -203,7 +203,7 @@ def build_runtime(
         return TorchRuntime(graph, device)
     path = cached_onnx(graph, checkpoint, cache_dir)
     if precision == "int8":
-        path = onnx_path(cache_dir, checkpoint, "int8")
+        path = onnx_path(cache_dir, checkpoint, "int8", name)
         if not path.is_file():
             raise FileNotFoundError(
                 f"no int8 graph at {path} (python -m model.export --precision int8)"
