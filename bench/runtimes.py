@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from model.evaluation.precision_gate import images_per_second
 from model.inference.allocator import keep_activations_on_heap
 from model.inference.graph import ScoringGraph, export_onnx
 from model.inference.quantize import quantize_int8
@@ -138,12 +139,7 @@ def reduced_runtimes(onnx: Path, workdir: Path) -> dict[str, Callable]:
 
 def rate(run: Callable, batch: int, seconds: float) -> float:
     x = torch.randint(0, 255, (batch, 3, SIZE, SIZE), dtype=torch.uint8)
-    run(x)  # warm-up (allocator, lazy initialisation)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or n < 2:
-        run(x)
-        n += 1
-    return n * batch / (time.perf_counter() - t0)
+    return images_per_second(run, x, seconds)
 
 
 def bench_variant(variant: str, args: argparse.Namespace, peak: float) -> list[dict]:

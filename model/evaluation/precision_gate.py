@@ -21,6 +21,7 @@ data set in MVTec layout:
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import time
@@ -46,10 +47,9 @@ from model.inference.precision import (
 )
 from model.inference.quantize import quantize_int8
 from model.inference.runtimes import (
-    OnnxRuntime,
-    OpenVinoRuntime,
     Runtime,
     build_runtime,
+    exported_runtime,
     openvino_has_bf16,
 )
 from model.metrics.curves import auroc
@@ -119,19 +119,20 @@ def judge(
     and approve it or remove it; `progress` is told each step in a line."""
     say = progress or (lambda line: None)
     blob = checkpoint.read_bytes()
-    fp32 = Inspector.from_checkpoint(blob, "cpu")
+    fp32 = Inspector.from_checkpoint(blob, "cpu")  # loaded once; the three runtimes share it
     check_supported(runtime, precision, fp32.device)
+    torch_fp32 = fp32.runtime
     fp32.runtime = build_runtime(runtime, fp32.graph(), fp32.device, blob, cache_dir)
     calibration = held_out_normals(fp32, data)
     made = make_reduced(fp32, blob, (runtime, precision), cache_dir, calibration, options, say)
-    reduced = Inspector.from_checkpoint(blob, "cpu")
+    reduced = copy.copy(fp32)
     reduced.runtime = made
     report = GateReport(
         fp32.version, runtime, precision, str(data), len(calibration), options.limits
     )  # fmt: skip
     measure_quality(report, fp32, reduced, data, say)
     runs = {
-        "torch fp32": Inspector.from_checkpoint(blob, "cpu").runtime.run,
+        "torch fp32": torch_fp32.run,
         f"{runtime} fp32": fp32.runtime.run,
         f"{runtime} {precision}": made.run,
     }
@@ -179,9 +180,7 @@ def make_reduced(
     candidate = _candidate(cache_dir, blob, runtime)
     quantize_int8(source, _batches(calibration, fp32.meta.image_size), candidate,
                   options.int8_scope)  # fmt: skip
-    if runtime == "onnxruntime":
-        return OnnxRuntime(candidate, "int8")
-    return OpenVinoRuntime(candidate, cache_dir, "int8")
+    return exported_runtime(runtime, candidate, fp32.device, cache_dir, "int8")
 
 
 def _candidate(cache_dir: Path, blob: bytes, runtime: str) -> Path:
@@ -228,13 +227,18 @@ def measure_speed(
         for b in (1, 8):
             x = torch.randint(0, 255, (b, 3, size, size), dtype=torch.uint8)
             for name, run in runs.items():
-                run(x)  # warm-up
-                n, t0 = 0, time.perf_counter()
-                while time.perf_counter() - t0 < seconds or n < 2:
-                    run(x)
-                    n += 1
-                rates[name][b].append(n * b / (time.perf_counter() - t0))
+                rates[name][b].append(images_per_second(run, x, seconds))
     return {n: {b: statistics.median(v) for b, v in per.items()} for n, per in rates.items()}
+
+
+def images_per_second(run: Callable, x: torch.Tensor, seconds: float) -> float:
+    """One turn: `run` on the batch `x` for at least `seconds` (and twice), after a warm-up."""
+    run(x)  # warm-up (allocator, lazy initialisation)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        run(x)
+        n += 1
+    return n * len(x) / (time.perf_counter() - t0)
 
 
 def decide(report: GateReport) -> None:

@@ -6,9 +6,10 @@ The reduced formats trade a little accuracy for speed:
 
 - `int8`: the exported graph quantised after training (`model.inference.quantize`, calibrated
   on held-out normal images only), run by ONNX Runtime or OpenVINO with their int8 kernels;
-- `bf16`: OpenVINO's bfloat16 inference on a CPU that has it (AVX512-BF16 or AMX), or torch's
-  autocast on a GPU;
-- `fp16`: torch's autocast on a GPU.
+- `bf16`: OpenVINO's bfloat16 inference on a CPU that has it (AVX512-BF16 or AMX).
+
+(On a GPU torch already runs its convolutions under fp16 autocast, as training does; making
+fp16 and bf16 gated choices there is still to come.)
 
 A reduced format changes scores, so a model is served in one only after the precision gate
 (`model.evaluation.precision_gate`, `python -m model.export --precision ...`) measured that it
@@ -22,15 +23,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from model.core.files import atomic_write
 from model.inference.graph import graph_key
 
-Precision = Literal["fp32", "bf16", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 
 # What each runtime can compute in, by device type.
 _SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {

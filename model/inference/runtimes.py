@@ -208,6 +208,13 @@ def build_runtime(
             raise FileNotFoundError(
                 f"no int8 graph at {path} (python -m model.export --precision int8)"
             )
+    return exported_runtime(name, path, device, cache_dir, precision)
+
+
+def exported_runtime(
+    name: str, path: Path, device: torch.device, cache_dir: Path, precision: str = "fp32"
+) -> Runtime:
+    """The exported runtime `name` on the graph file `path` (fp32, or int8 for an int8 file)."""
     if name == "onnxruntime":
         return OnnxRuntime(path, precision, onnx_providers(device, cache_dir))
     if name == "openvino":
