@@ -1496,14 +1496,15 @@ def _pypi_reachable() -> bool:
 
 @pytest.mark.slow
 def test_the_pinned_set_installs_on_the_gpu_images_python(tmp_path: Path) -> None:
-    # No container engine runs here, so the image itself is not built by the suite. Its
-    # dependency layer is: what the build stage installs (torch, the project's dependencies, the
-    # object-store driver, under the constraints) must resolve to binary wheels for the base
-    # image's Python on x86-64 Linux, or the build fails after the CI's own Python passed. (The
-    # CPU variant's torch comes from PyTorch's own index, which this machine cannot reach.)
+    # CI builds the image on a local Debian base (Python 3.11; tests/test_image.py), because no
+    # registry answers here; the default base, Ubuntu 24.04, has Python 3.12. Its dependency
+    # layer is checked here: what the build stage installs (torch, the project's dependencies,
+    # the object-store driver, under the constraints) must resolve to binary wheels for the
+    # default base's Python on x86-64 Linux, or the build fails there. (The CPU variant's torch
+    # comes from PyTorch's own index, which this machine cannot reach.)
     if not _pypi_reachable():
         pytest.skip("no package index reachable: cannot resolve for the image's Python")
-    gpu_base = next(s.image for s in stages() if s.alias == "base-gpu")
+    gpu_base = _expand(next(s.image for s in stages() if s.alias == "base-gpu"), global_args())
     tag = gpu_base.rsplit(":", 1)[-1]
     python = next(v for k, v in BASE_PYTHON.items() if tag.endswith(k))
     import tomllib  # standard library from 3.11; the image's Python has it

@@ -43,8 +43,9 @@ class WorkerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
-        env = {
+    def environment(self) -> dict[str, str]:
+        """The process's environment: this one's, with the worker's settings on top."""
+        return {
             **os.environ,
             **FAST_GROUP,
             "WORKER_INSTANCE_ID": f"{self.log.stem}",
@@ -55,10 +56,10 @@ class WorkerProcess:
             or f"sqlite:///{self.log.parent / 'inspections.sqlite3'}",
             **self.extra_env,
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "worker.run",
+
+    def arguments(self) -> list[str]:
+        """`worker.run`'s flags, as an operator types them."""
+        args = [
             "--topic",
             self.topic,
             "--group",
@@ -79,9 +80,20 @@ class WorkerProcess:
             str(self.max_wait_ms),
         ]
         for root in self.image_roots:
-            cmd += ["--image-root", str(root)]
+            args += ["--image-root", str(root)]
+        return args
+
+    def command(self) -> list[str]:
+        """What starts the worker: this interpreter's `python -m worker.run` (a container image's
+        entry point in the image tests)."""
+        return [sys.executable, "-m", "worker.run", *self.arguments()]
+
+    def start(self) -> WorkerProcess:
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("ab")
+            self.command(),
+            env=self.environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
         )
         return self
 
