@@ -62,9 +62,14 @@ def engine(*args: str) -> list[str]:
     return [str(IMAGE_SH), "engine", *args]
 
 
-def container(image: str, *args: str, entrypoint: str | None = None, mounts=()) -> list[str]:
-    """`run` as production runs it: read-only root, the image's user, tmpfs /tmp, host net."""
+def container(
+    image: str, *args: str, entrypoint: str | None = None, mounts=(), user: str | None = None
+) -> list[str]:
+    """`run` as production runs it: read-only root, the image's user (unless `user` says
+    otherwise), tmpfs /tmp, host network."""
     cmd = engine("run", "--rm", "--read-only", "--network", "host", "--no-healthcheck")
+    if user is not None:
+        cmd += ["--user", user]
     for mount in mounts:
         cmd += ["-v", mount]
     if entrypoint:
@@ -101,6 +106,12 @@ def test_the_entry_point_answers_help_as_the_non_root_user(image: str) -> None:
     probe = "import pathlib; pathlib.Path('/app/x').write_text('x')"
     denied = run(container(image, "-c", probe, entrypoint="python"), 300)
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+    # The build's secrets (the proxy's CA, a pip.conf) left nothing behind: no secret file, no
+    # pip configuration pointing at one (looked for as root, who may read everywhere).
+    leftovers = "ls -A /run/secrets; ls /etc/pip.conf /etc/xdg/pip /root/.config/pip /root/.pip"
+    probe = container(image, "-c", f"{leftovers} 2>/dev/null; true", entrypoint="sh", user="0")
+    found = run(probe, 300)
+    assert found.returncode == 0 and found.stdout.strip() == "", found.stdout
 
 
 def test_the_worker_demo_runs_to_the_end_inside_the_image(image: str) -> None:
