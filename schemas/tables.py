@@ -61,6 +61,17 @@ NAMING_CONVENTION = {
 }
 
 
+# The review station's queue order (worker.review.queue): a label teaches most where the model
+# was least sure, so parts within REVIEW_BAND of their threshold on the confidence scale (0.5 at
+# the threshold) come first, nearest first, then flagged parts, then the rest. One SQL text for
+# the index and the query, so the database's planner can match one to the other.
+REVIEW_BAND = 0.25
+REVIEW_PRIORITY_SQL = (
+    f"CASE WHEN abs(confidence - 0.5) <= {REVIEW_BAND} THEN 0.0"
+    " WHEN is_anomalous THEN 1.0 ELSE 2.0 END + abs(confidence - 0.5)"
+)
+
+
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
@@ -123,6 +134,14 @@ class Inspection(Base):
         # Review: "the labelled ones" (and the unlabelled, to queue them).
         Index("ix_inspections_label", "label"),
         Index("ix_inspections_model_version", "model_version"),
+        # Review: the unlabelled queue in its order, paged by (priority, event id).
+        Index(
+            "ix_inspections_review_queue",
+            text(f"({REVIEW_PRIORITY_SQL})"),
+            "event_id",
+            postgresql_where=text("label IS NULL"),
+            sqlite_where=text("label IS NULL"),
+        ),
     )
 
     event_id: Mapped[str] = mapped_column(String(EVENT_ID_LENGTH), primary_key=True)

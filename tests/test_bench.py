@@ -137,3 +137,36 @@ def test_sample_size_study_measures_what_few_normal_images_cost():
     assert 0.85 < rows[40][prod]["threshold_p10"] < 1.0 < rows[40][prod]["threshold_p90"] < 1.15
     with pytest.raises(ValueError, match="outside"):
         sample_size_study(held[:4], good, defect, [5], draws=2, fpr=0.01)
+
+
+@pytest.mark.integration
+def test_review_bench_times_every_page_on_the_index_it_names(tmp_path):
+    """bench.review on a few thousand rows: every page kind timed over HTTP, and the plan it
+    reports is the queue reading its index (what the million-row figures rest on)."""
+    import json
+
+    from bench.review import main
+    from tests.databases import SETTINGS, postgres_unavailable
+
+    if (reason := postgres_unavailable()) is not None:
+        pytest.skip(reason)
+    out = tmp_path / "review.json"
+    main(
+        [
+            "--rows",
+            "3000",
+            "--requests",
+            "3",
+            "--postgres",
+            SETTINGS.postgres_url,
+            "--out",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert result["rows"] == 3000
+    assert {"queue, first page", "queue, next page (deep)", "inspection page"} <= set(
+        result["pages"]
+    )
+    assert all(p["p50_ms"] > 0 and p["p95_ms"] >= p["p50_ms"] for p in result["pages"].values())
+    assert "ix_inspections_review_queue" in result["queue_plan"]

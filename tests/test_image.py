@@ -102,6 +102,14 @@ def test_the_entry_point_answers_help_as_the_non_root_user(image: str) -> None:
     assert "python -m worker.run" in help_.stdout and "--topic" in help_.stdout
     who = run(container(image, "-c", "import os; print(os.getuid())", entrypoint="python"), 300)
     assert who.returncode == 0 and int(who.stdout) == IMAGE_UID, who.stderr[-2000:]
+    # The review station ships with its pages and script (package data, no CDN).
+    probe = (
+        "from importlib import resources; r = resources.files('worker.review'); "
+        "print((r / 'templates' / 'inspection.html').is_file(), "
+        "(r / 'static' / 'review.js').is_file())"
+    )
+    pages = run(container(image, "-c", probe, entrypoint="python"), 300)
+    assert pages.returncode == 0 and pages.stdout.split() == ["True", "True"], pages.stderr[-2000:]
     # The root file system really is read-only: nothing outside /tmp can be written.
     probe = "import pathlib; pathlib.Path('/app/x').write_text('x')"
     denied = run(container(image, "-c", probe, entrypoint="python"), 300)

@@ -16,5 +16,8 @@
 - `embedded_broker`, `process`, `feed`, `demo`: the embedded broker, a worker as a child
   process, a feeder of test images, the demo.
 
+`review` is the review station (`python -m worker.review`), the web page where quality engineers
+judge and label what the workers recorded (its map: `worker/review/__init__.py`).
+
 Imports go one way: `worker` -> `model` -> `schemas`.
 """

@@ -1,0 +1,134 @@
+"""The review station in a real browser: headless Chromium (Debian's chromium and
+chromium-driver, installed by .ci/run) driven by Selenium against `python -m worker.review`
+serving real SQL records. Sign in, open the queue, open an inspection, label it with the
+keyboard, see the next one open, find the label in the database with the reviewer's name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from model.stores.records import RecordStore
+from tests.review import PASSWORDS, QUEUE_ORDER, ReviewData, make_review_data, review_env
+from worker.embedded_broker import free_port
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def station(tmp_path: Path, sample_data: Path) -> Iterator[tuple[str, ReviewData]]:
+    """`python -m worker.review` on a free port, as an operator starts it."""
+    data = make_review_data(tmp_path, sample_data)
+    port = free_port()
+    log = (tmp_path / "review.log").open("wb")
+    env = {**os.environ, **review_env(data), "REVIEW_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.review"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, (tmp_path / "review.log").read_text()
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the station did not start"
+        time.sleep(0.2)
+    yield base, data
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip(
+            "no chromium/chromedriver: apt-get install chromium chromium-driver "
+            "(CI installs them: .ci/run)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1280,900")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+def sign_in(driver, base: str, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(base + "/")
+    assert "/login" in driver.current_url
+    driver.find_element(By.NAME, "name").send_keys(name)
+    driver.find_element(By.NAME, "password").send_keys(PASSWORDS[name])
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+
+
+def test_a_reviewer_labels_with_the_keyboard_and_the_next_inspection_opens(
+    station, browser
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, data = station
+    sign_in(browser, base, "anna")
+    rows = browser.find_elements(By.CSS_SELECTOR, "a.open")
+    assert [r.text for r in rows] == QUEUE_ORDER
+    rows[0].click()
+    assert browser.find_element(By.CSS_SELECTOR, "h1.event").text == QUEUE_ORDER[0]
+    photo = browser.find_element(By.CSS_SELECTOR, "img.photo")
+    assert browser.execute_script("return arguments[0].naturalWidth", photo) > 0
+    browser.find_element(By.TAG_NAME, "body").send_keys("a")
+    WebDriverWait(browser, 10).until(
+        ec.text_to_be_present_in_element((By.CSS_SELECTOR, "h1.event"), QUEUE_ORDER[1])
+    )
+    with RecordStore(data.url) as store:
+        row = store.get(QUEUE_ORDER[0])
+    assert row is not None and row.label == "anomalous" and row.labelled_by == "anna"
+    # J goes on to the next without labelling, K comes back.
+    browser.find_element(By.TAG_NAME, "body").send_keys("j")
+    WebDriverWait(browser, 10).until(
+        ec.text_to_be_present_in_element((By.CSS_SELECTOR, "h1.event"), QUEUE_ORDER[2])
+    )
+    browser.find_element(By.TAG_NAME, "body").send_keys("k")
+    WebDriverWait(browser, 10).until(
+        ec.text_to_be_present_in_element((By.CSS_SELECTOR, "h1.event"), QUEUE_ORDER[1])
+    )
+    with RecordStore(data.url) as store:
+        assert store.get(QUEUE_ORDER[1]).label is None  # type: ignore[union-attr]
+
+
+def test_a_viewer_sees_no_label_buttons_and_the_keys_change_nothing(station, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    base, data = station
+    sign_in(browser, base, "vic")
+    browser.find_elements(By.CSS_SELECTOR, "a.open")[0].click()
+    assert not browser.find_elements(By.CSS_SELECTOR, "form.labelling")
+    browser.find_element(By.TAG_NAME, "body").send_keys("a")
+    time.sleep(0.5)
+    assert browser.find_element(By.CSS_SELECTOR, "h1.event").text == QUEUE_ORDER[0]
+    with RecordStore(data.url) as store:
+        assert store.get(QUEUE_ORDER[0]).label is None  # type: ignore[union-attr]

@@ -1,0 +1,13 @@
+"""The review station (`python -m worker.review`): the web page where quality engineers judge
+the worker's results and label them, reading the same SQL records, heatmap store and image roots
+as the worker.
+
+- `settings`: one settings class (`REVIEW_*`), the stores' fields shared with the worker's;
+- `accounts`: who may sign in (argon2 hashes in a users file) and what they may do (roles);
+- `sessions`: the signed session cookie and its CSRF token;
+- `queue`: which inspections to look at first, filtered and paged by keyset (SQL);
+- `media`: an inspection's image and its anomaly map as a colour overlay scaled to the
+  class threshold, read only through the URIs the worker recorded, under the configured roots;
+- `app`: the HTTP routes (FastAPI) and their pages (`templates/`, `static/`: no CDN);
+- `__main__`: the command.
+"""
