@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from schemas.events import InspectionResult
+from schemas.events import InspectionResult, StageTimings
 from schemas.limits import (
     EVENT_ID_LENGTH,
     NAME_LENGTH,
@@ -54,6 +54,8 @@ class InspectionRecord(BaseModel):
     labelled_by: str | None = Field(default=None, max_length=PERSON_LENGTH)
     labelled_at: AwareDatetime | None = None
     label_note: str | None = Field(default=None, max_length=NOTE_LENGTH)
+    attributes: dict[str, Any] | None = Field(default=None, description="the event's, as sent")
+    timings: StageTimings | None = None
 
     @classmethod
     def from_result(cls, result: InspectionResult, image_uri: str | None) -> InspectionRecord:
@@ -73,6 +75,8 @@ class InspectionRecord(BaseModel):
             is_anomalous=result.is_anomalous,
             calibrated=result.calibrated,
             model_version=result.model_version,
+            attributes=result.attributes,
+            timings=result.timings,
         )
 
 

@@ -164,6 +164,10 @@ class Inspection(Base):
     labelled_by: Mapped[str | None] = mapped_column(String(PERSON_LENGTH))
     labelled_at: Mapped[datetime | None]
     label_note: Mapped[str | None] = mapped_column(String(NOTE_LENGTH))
+    # What the reviewer sees beside the verdict: the event's free attributes as sent, and the
+    # result's stage timings. None on rows recorded before they were kept.
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(doc="the event's attributes")
+    timings: Mapped[dict[str, Any] | None] = mapped_column(doc="StageTimings, milliseconds")
 
 
 class ModelVersion(Base):

@@ -11,6 +11,7 @@ import numpy as np
 
 from model.stores.migrations import migrate
 from model.stores.records import RecordStore
+from schemas.events import StageTimings
 from schemas.records import InspectionRecord
 from worker.heatmaps import HeatmapStore
 from worker.review.accounts import add_user
@@ -73,6 +74,10 @@ def make_review_data(tmp: Path, sample_data: Path, url: str | None = None) -> Re
                 is_anomalous=flagged,
                 calibrated=True,
                 model_version="grad-0123456789abcdef",
+                attributes={"part": f"P-{i}", "operator": XSS} if event_id == "e-xss" else None,
+                timings=StageTimings(
+                    queue_ms=4.0, fetch_decode_ms=6.5, infer_ms=40.0, heatmap_ms=3.0, batch_size=8
+                ),
             )
         )
     with RecordStore(url) as store:

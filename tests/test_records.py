@@ -61,7 +61,9 @@ def calibration(threshold: float) -> ClassCalibration:
 
 
 def test_a_result_round_trips(store: RecordStore):
-    result = make_result("ev-1", score=0.7)
+    result = make_result("ev-1", score=0.7).model_copy(
+        update={"attributes": {"part": "P-17", "shift": {"name": "night", "lead": "Ana"}}}
+    )
     store.upsert_inspections([InspectionRecord.from_result(result, None)])
     got = store.get("ev-1")
     assert got is not None
@@ -71,6 +73,7 @@ def test_a_result_round_trips(store: RecordStore):
     assert (got.score, got.threshold, got.is_anomalous) == (0.7, 0.5, True)
     assert got.model_version == result.model_version and got.heatmap_uri == result.heatmap_uri
     assert got.image_uri is None and got.label is None
+    assert got.attributes == result.attributes and got.timings == result.timings
     assert store.get("nope") is None
     assert store.count() == 1
 

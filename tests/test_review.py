@@ -140,10 +140,15 @@ def test_a_viewer_can_look_but_not_label(data) -> None:
 
 def test_text_from_an_event_is_shown_as_text(data) -> None:
     client = client_for(data)
+    escaped = "&lt;script&gt;alert(&#39;station&#39;)&lt;/script&gt;"
     for path in ("/", "/inspections/e-xss"):
         html = client.get(path).text
-        assert XSS not in html
-        assert "&lt;script&gt;alert(&#39;station&#39;)&lt;/script&gt;" in html
+        assert XSS not in html and "<script>alert" not in html
+        assert escaped in html
+    page = client.get("/inspections/e-xss").text
+    attributes = re.search(r'<pre class="attributes">(.*?)</pre>', page, re.S)
+    assert attributes and escaped in attributes[1] and "P-4" in attributes[1]
+    assert "inference 40 ms (batch of 8)" in page  # the result's stage timings, as recorded
     assert "script-src 'self'" in client.get("/").headers["content-security-policy"]
 
 
