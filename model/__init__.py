@@ -5,7 +5,7 @@ enforces it), and nothing in `model` imports `worker` or `bench`:
 
     core        atomic file writes, the UTC clock, retry backoff
     net         the network: config registry, layers, GRAD head, refinement, scoring, backbone
-    metrics     AUROC and AUPRO; per-class thresholds and confidence
+    metrics     AUROC and AUPRO; per-class thresholds and confidence; drift from calibration
     data        images, MVTec layout, sample, URI roots and reader, recorded images, feature cache
     stores      blobs, artifacts, Redis state, SQL records, migrations, labels, store settings
     settings    the programs' settings (declared here, read once by a command)

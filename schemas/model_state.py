@@ -16,6 +16,9 @@ SCHEMA_VERSION = 1
 # retraining's settings, the gate and calibration itself.
 DEFAULT_TARGET_FPR = 0.01
 
+# At most this many of a class's normal scores are kept with its calibration (a few KB of JSON).
+REFERENCE_POINTS = 512
+
 
 class ClassCalibration(BaseModel):
     """Per-class decision state learned from normal images only.
@@ -36,6 +39,10 @@ class ClassCalibration(BaseModel):
     q99: float
     max: float
     method: str = Field(description="how the threshold was set, e.g. 'lognormal' or 'empirical'")
+    # The normal scores themselves (sorted; evenly spaced quantiles of them past
+    # REFERENCE_POINTS), what drift is measured against (`model.metrics.drift`). Empty for a
+    # calibration made before they were kept: drift then uses the log-normal it describes.
+    reference: tuple[float, ...] = Field(default=(), max_length=REFERENCE_POINTS)
 
 
 class CheckpointMeta(BaseModel):

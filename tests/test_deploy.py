@@ -346,10 +346,25 @@ def _check_service_monitor(d: dict[str, Any]) -> None:
         assert re.fullmatch(r"\d+(ms|s|m|h)", ep.get("interval", "30s"))
 
 
+def _check_prometheus_rule(d: dict[str, Any]) -> None:
+    """The operator's shape around the rule groups; promtool checks the rules themselves
+    (tests/test_alerts.py)."""
+    assert set(d["spec"]) == {"groups"} and d["spec"]["groups"]
+    for group in d["spec"]["groups"]:
+        assert group["name"] and group["rules"]
+        for rule in group["rules"]:
+            assert ("alert" in rule) != ("record" in rule) and rule["expr"].strip()
+            if "alert" in rule:
+                assert rule["labels"]["severity"] in ("warning", "critical")
+                assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+                assert re.fullmatch(r"\d+(s|m|h)", rule["for"])
+
+
 CUSTOM_RESOURCES = {
     ("keda.sh/v1alpha1", "ScaledObject"): _check_scaled_object,
     ("keda.sh/v1alpha1", "TriggerAuthentication"): _check_trigger_authentication,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): _check_service_monitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): _check_prometheus_rule,
 }
 
 

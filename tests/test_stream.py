@@ -18,9 +18,11 @@ import cv2
 import fsspec
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from model.data.images import read_image
 from model.inference.inspector import Inspector
+from model.metrics.drift import drift
 from model.stores.records import RecordStore
 from schemas import DeadLetter, InspectionEvent, InspectionResult
 from tests.streaming import committed, wait_processed
@@ -196,6 +198,7 @@ def test_200_events_and_20_malformed(broker, industrial, sample_data, tiny_ckpt,
         assert w.metric("grad_events_consumed_total") == len(events) + len(bad)
         assert w.metric("grad_events_dead_lettered_total") == len(bad)
         assert w.get("/livez")[0] == 200 and w.get("/readyz")[0] == 200
+        metrics_text = w.get("/metrics")[1]
     finally:
         assert w.stop() == 0, w.tail()
 
@@ -241,6 +244,8 @@ def test_200_events_and_20_malformed(broker, industrial, sample_data, tiny_ckpt,
         0 <= r.confidence <= 1 and r.is_anomalous == (r.score > r.threshold) for r in results
     )
 
+    per_class_metrics_match(metrics_text, results, inspector)
+
     # Every scored event is recorded once in SQL (the embedded default, SQLite), as published.
     with RecordStore(f"sqlite:///{tmp_path / 'inspections.sqlite3'}") as records:
         assert records.count() == len(events)
@@ -259,6 +264,29 @@ def test_200_events_and_20_malformed(broker, industrial, sample_data, tiny_ckpt,
     done = committed(broker.bootstrap, "grad-test", topic, PARTITIONS)
     for p, last in last_offsets.items():
         assert done[p] >= last + 1, (p, done, last_offsets)
+
+
+def per_class_metrics_match(text: str, results: list[InspectionResult], inspector) -> None:
+    """Results by line and class, and each class's drift figure: the KS distance of its passed
+    parts from the calibration it was judged against, as worker.drift computes it."""
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    for cls in {r.product_class for r in results}:
+        mine = [r for r in results if r.product_class == cls]
+        for line in {r.line for r in mine}:
+            for verdict, flag in (("anomalous", True), ("normal", False)):
+                n = sum(r.line == line and r.is_anomalous is flag for r in mine)
+                key = (("line", line), ("product_class", cls), ("verdict", verdict))
+                assert samples.get(("grad_events_processed_total", key), 0) == n
+        conf = np.array([r.confidence for r in mine])
+        cal, _ = inspector.calibration_for(cls)
+        d = drift(conf, cal)
+        key = (("product_class", cls),)
+        assert samples[("grad_score_drift_parts", key)] == (conf < 0.5).sum() == d.recent
+        assert samples[("grad_score_drift", key)] == pytest.approx(d.statistic, abs=1e-9)
 
 
 def _deterministic(r: InspectionResult) -> dict:

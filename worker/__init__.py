@@ -12,7 +12,8 @@
   to a store when it does not fit);
 - `publisher`: send until acknowledged, telling the record's refusals from the moment's;
 - `recorder`: the batch's inspection rows and labels made durable in SQL before its commit;
-- `endpoints`, `metrics`: /livez, /readyz, /metrics;
+- `endpoints`, `metrics`: /livez, /readyz, /metrics; `drift`: each class's drift figure from
+  the results it publishes (`grad_score_drift`, alert rules under `deploy/`);
 - `embedded_broker`, `process`, `feed`, `demo`: the embedded broker, a worker as a child
   process, a feeder of test images, the demo.
 

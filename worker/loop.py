@@ -32,6 +32,7 @@ from model.stores.records import RecordStore
 from schemas import OperatorLabel
 from worker.breaker import CrashBreaker
 from worker.dead_letters import DeadLetterWriter
+from worker.drift import DriftMonitor
 from worker.endpoints import Health
 from worker.heatmaps import HeatmapStore
 from worker.image_source import ImageSource
@@ -111,6 +112,7 @@ class Worker:
             self.log,
         )
         self.recorder = Recorder(records, health, metrics, self.log, self.stopping)
+        self.drift = DriftMonitor(settings.drift_window, metrics)
         self.breaker = CrashBreaker(
             records, settings.group_id, settings.instance_id, settings.poison_after, self.log
         )
@@ -407,12 +409,18 @@ class Worker:
             m.stage_seconds.labels(stage=stage).observe(seconds)
         for o in outgoing:
             if o.kind == "result":
-                m.processed.labels(verdict=o.verdict).inc()
+                r = o.result
+                assert r is not None and o.calibration is not None
+                m.processed.labels(
+                    verdict=o.verdict, line=r.line, product_class=r.product_class
+                ).inc()
+                self.drift.observe(r.product_class, r.confidence, o.calibration)
                 if o.captured_at is not None:
                     m.end_to_end_seconds.observe(max(0.0, (now - o.captured_at).total_seconds()))
             else:
                 m.dead_lettered.labels(reason=o.kind).inc()
                 self.log.warning("dead-lettered", event_id=o.event_id, reason=o.kind, topic=o.topic)
+        self.drift.publish()
         self.log.info(
             "batch done",
             results=len(results),

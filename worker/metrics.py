@@ -16,7 +16,10 @@ class WorkerMetrics:
             "grad_events_consumed", "Records read from the input topic", registry=r
         )
         self.processed = Counter(
-            "grad_events_processed", "Events scored and published", ["verdict"], registry=r
+            "grad_events_processed",
+            "Events scored and published",
+            ["verdict", "line", "product_class"],
+            registry=r,
         )
         self.dead_lettered = Counter(
             "grad_events_dead_lettered",
@@ -72,7 +75,29 @@ class WorkerMetrics:
             "Records dead-lettered by the crash-loop breaker without being processed again",
             registry=r,
         )
+        self._drift_gauges(r)
         self.ready = Gauge("grad_ready", "1 when model loaded and partitions assigned", registry=r)
+
+    def _drift_gauges(self, r: CollectorRegistry) -> None:
+        """worker.drift: per class, recent passed parts against the calibration's normals."""
+        self.drift = Gauge(
+            "grad_score_drift",
+            "Kolmogorov-Smirnov distance of recent passed parts' scores from the calibration's",
+            ["product_class"],
+            registry=r,
+        )
+        self.drift_parts = Gauge(
+            "grad_score_drift_parts",
+            "Passed parts the drift figure rests on (the last WORKER_DRIFT_WINDOW at most)",
+            ["product_class"],
+            registry=r,
+        )
+        self.drift_critical = Gauge(
+            "grad_score_drift_critical",
+            "The drift figure an unchanged line stays below 99 times in 100, at these counts",
+            ["product_class"],
+            registry=r,
+        )
 
     def set_models(self, active: str, canaries: set[str]) -> None:
         self.model_info.clear()

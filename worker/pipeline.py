@@ -29,7 +29,7 @@ import numpy as np
 from model.core.clock import utc_now
 from model.inference.inspector import Verdict
 from model.stores.blobs import BlobStore, event_key, image_suffix
-from schemas import InspectionEvent, InspectionResult, OperatorLabel
+from schemas import ClassCalibration, InspectionEvent, InspectionResult, OperatorLabel
 from schemas.events import StageTimings
 from worker.dead_letters import DeadLetterWriter
 from worker.heatmaps import HeatmapStore
@@ -85,6 +85,7 @@ class Outgoing:
     captured_at: datetime | None = None
     verdict: str | None = None
     result: InspectionResult | None = None  # what is recorded in SQL, for a result
+    calibration: ClassCalibration | None = None  # what the result was judged against
     image_uri: str | None = None
     source: Pending | None = None  # the consumed record (to dead-letter it after all)
     spilled: bool = False  # a dead letter whose original is in the dead-letter store
@@ -361,6 +362,7 @@ class BatchProcessor:
             captured_at=ev.captured_at,
             verdict="anomalous" if v.is_anomalous else "normal",
             result=result,
+            calibration=v.calibration,
             image_uri=stored[1],
             source=p,
         )

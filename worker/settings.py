@@ -121,6 +121,9 @@ class WorkerSettings(StoreSettings):
     image_archive: str = "images"
 
     # Operations.
+    # Passed parts per class the drift figure (grad_score_drift) is measured on: enough for a
+    # shift of 0.1 to stand out of the noise against a calibration of a few hundred normals.
+    drift_window: Annotated[int, Field(ge=10, le=100_000)] = 500
     metrics_host: str = "0.0.0.0"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
     # SIGTERM: finish and commit the batch in flight within this, then exit regardless.

@@ -114,6 +114,7 @@ class Verdict:
     confidence: float
     is_anomalous: bool
     calibrated: bool
+    calibration: ClassCalibration  # what drift is measured against (worker.drift)
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,7 @@ class Inspector:
                     confidence=float(confidence(float(s), cal)),
                     is_anomalous=bool(s > cal.threshold),
                     calibrated=calibrated,
+                    calibration=cal,
                 )
             )
         return BatchResult(maps=maps_np, scores=scores_np, verdicts=verdicts)

@@ -14,7 +14,7 @@ from statistics import NormalDist
 import numpy as np
 
 from schemas import ClassCalibration
-from schemas.model_state import DEFAULT_TARGET_FPR
+from schemas.model_state import DEFAULT_TARGET_FPR, REFERENCE_POINTS
 
 # The empirical quantile is trusted once the tail it cuts holds at least this many scores.
 MIN_TAIL_COUNT = 10
@@ -59,7 +59,17 @@ def calibrate(scores: np.ndarray, target_fpr: float = DEFAULT_TARGET_FPR) -> Cla
         q99=float(np.quantile(s, 0.99)),
         max=float(s.max()),
         method=method,
+        reference=reference_points(s),
     )
+
+
+def reference_points(scores: np.ndarray) -> tuple[float, ...]:
+    """The normal scores drift is measured against: all of them, sorted, or past
+    REFERENCE_POINTS that many evenly spaced quantiles (the same distribution, a bounded size)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    if s.size > REFERENCE_POINTS:
+        s = np.quantile(s, np.linspace(0.0, 1.0, REFERENCE_POINTS))
+    return tuple(float(v) for v in s)
 
 
 def confidence(scores: np.ndarray | float, cal: ClassCalibration) -> np.ndarray:

@@ -8,6 +8,12 @@ as the worker.
 - `queue`: which inspections to look at first, filtered and paged by keyset (SQL);
 - `media`: an inspection's image and its anomaly map as a colour overlay scaled to the
   class threshold, read only through the URIs the worker recorded, under the configured roots;
+- `classes`, `charts`: the class page's aggregates (distribution on the confidence scale,
+  drift against the calibration, anomaly rate per day, labelled mistakes) and their SVG
+  geometry;
+- `station`: what every route shares (settings, stores, sessions, templates) and who is
+  signed in;
 - `app`: the HTTP routes (FastAPI) and their pages (`templates/`, `static/`: no CDN);
+  `class_routes`: the class pages;
 - `__main__`: the command.
 """

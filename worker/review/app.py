@@ -9,9 +9,7 @@ answers 503 with a page saying so; the error is logged, never shown.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -21,19 +19,16 @@ import structlog
 from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, PackageLoader, select_autoescape
-from sqlalchemy import Connection
 
-from model.data.recorded_images import RecordedImages
-from model.data.roots import Roots
-from model.stores.records import RecordStore
-from model.stores.sql import RecordStoreUnavailable, translate_errors
+from model.stores.sql import RecordStoreUnavailable
 from schemas.limits import NOTE_LENGTH
 from worker.review import queue as q
-from worker.review.accounts import ROLES, User, authenticate
+from worker.review.accounts import authenticate
+from worker.review.class_routes import add_class_routes
 from worker.review.media import MediaUnavailable, content_type, image_bytes, overlay_png
-from worker.review.sessions import COOKIE, Session, Sessions, csrf_ok
+from worker.review.sessions import COOKIE, csrf_ok
 from worker.review.settings import ReviewSettings
+from worker.review.station import Station, signed_in
 
 log = structlog.get_logger("review")
 FILTER_FIELDS = ("line", "station", "product_class", "model_version", "verdict", "label_state")
@@ -42,45 +37,6 @@ CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
-
-
-class Station:
-    """What the routes share: the settings, the record store, the readers, the sessions."""
-
-    def __init__(self, settings: ReviewSettings) -> None:
-        self.settings = settings
-        self.records = RecordStore(settings.database_url.get_secret_value())
-        self.images = RecordedImages(
-            settings.image_roots, settings.max_image_bytes, settings.max_pixels
-        )
-        self.heatmaps = Roots.parse([settings.heatmap_store])
-        secret = settings.session_secret.get_secret_value() if settings.session_secret else None
-        if secret is None:
-            log.warning("REVIEW_SESSION_SECRET is not set: sessions end when the station restarts")
-        self.sessions = Sessions(secret, settings.session_hours * 3600)
-        self.templates = Environment(
-            loader=PackageLoader("worker.review", "templates"),
-            autoescape=select_autoescape(["html"]),
-        )
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[Connection]:
-        with translate_errors(self.records.url), self.records.engine.connect() as conn:
-            yield conn
-
-    def page(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        html = self.templates.get_template(name).render(**context)
-        return HTMLResponse(html, status_code=status)
-
-    def session(self, request: Request) -> Session | None:
-        if self.settings.auth == "proxy":
-            name = request.headers.get(self.settings.proxy_user_header)
-            if not name:
-                return None
-            role = request.headers.get(self.settings.proxy_role_header)
-            role = role if role in ROLES else self.settings.proxy_default_role
-            return Session(User(name, role), self.sessions.token_for(name))  # type: ignore[arg-type]
-        return self.sessions.read(request.cookies.get(COOKIE))
 
 
 def filters_from(params: Any) -> q.QueueFilter:
@@ -141,15 +97,8 @@ def create_app(settings: ReviewSettings) -> FastAPI:
     _signin_routes(app, station)
     _review_routes(app, station)
     _media_routes(app, station)
+    add_class_routes(app, station)
     return app
-
-
-def signed_in(station: Station, request: Request) -> Session:
-    """The request's session; 401 (a redirect to sign-in) without one."""
-    session = station.session(request)
-    if session is None:
-        raise HTTPException(401)
-    return session
 
 
 def _guards(app: FastAPI, station: Station) -> None:
