@@ -6,9 +6,11 @@ Makes a fresh database on the PostgreSQL server at `--postgres` (default GRAD_TE
 as `.ci/services` exports it), runs the migrations (so the queue's index is the one production
 gets), fills `inspections` with `--rows` rows through COPY (ten lines, forty stations, eight
 classes, three model versions, a quarter labelled, scores spread around the threshold), runs
-ANALYZE, starts `python -m worker.review` on it as an operator does and times, over HTTP with
-a signed-in reviewer, the queue's first page, pages deep in it (following the cursor), the queue
-filtered by class, by verdict and by line and station, and an inspection page. Prints p50 and
+VACUUM ANALYZE, starts `python -m worker.review` on it as an operator does and times, over HTTP with
+a signed-in reviewer, the queue's first page (with its counts), pages deep in it (following the
+cursor), the queue filtered by class, by verdict and by line and station, an inspection page,
+a class page over 7 and 30 days (the newest model active; three versions and every class
+calibrated in the registry), the class index and the models page. Prints p50 and
 p95 per page and the queue query's plan, writes JSON (default runs/bench/review.json), and drops
 the database.
 """
@@ -35,12 +37,16 @@ from datetime import datetime, timedelta, timezone
 from http.cookiejar import CookieJar
 from pathlib import Path
 
+import numpy as np
 import psycopg
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
+from model.metrics.calibration import calibrate
 from model.stores.migrations import migrate
+from model.stores.records import RecordStore
 from worker.embedded_broker import free_port
+from worker.review import classes as k
 from worker.review import queue as q
 from worker.review.accounts import add_user
 
@@ -48,7 +54,9 @@ CLASSES = [f"class-{i}" for i in range(8)]
 LINES = [f"line-{i}" for i in range(10)]
 VERSIONS = ["grad-00000000000000a1", "grad-00000000000000b2", "grad-00000000000000c3"]
 PASSWORD = "bench-reviewer-pw"
-T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+# Rows two seconds apart, the newest a minute ago: a million of them are the last 23 days of
+# a busy plant, so the class pages' windows (7 and 30 days) find them.
+STEP = timedelta(seconds=2)
 
 
 @contextmanager
@@ -67,8 +75,9 @@ def fresh_database(server: str) -> Iterator[str]:
 
 
 def rows_csv(n: int, seed: int = 0) -> Iterator[str]:
-    """Tab-separated rows for COPY, in chunks."""
+    """Tab-separated rows for COPY, in chunks, ending a minute ago."""
     rng = random.Random(seed)
+    t0 = datetime.now(timezone.utc) - timedelta(minutes=1) - n * STEP
     buf = io.StringIO()
     for i in range(n):
         line = rng.choice(LINES)
@@ -76,7 +85,7 @@ def rows_csv(n: int, seed: int = 0) -> Iterator[str]:
             max(rng.betavariate(0.6, 3.0) if rng.random() < 0.93 else rng.uniform(0.5, 1.0), 0.0),
             1.0,
         )
-        at = T0 + timedelta(seconds=i * 2)
+        at = t0 + i * STEP
         labelled = rng.random() < 0.25
         fields = [
             f"ev-{i:08d}",
@@ -115,12 +124,46 @@ COLUMNS = (
 def fill(url: str, n: int) -> float:
     start = time.perf_counter()
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        with cur.copy(f"COPY inspections ({COLUMNS}) FROM STDIN") as copy:
-            for chunk in rows_csv(n):
-                copy.write(chunk)
-        cur.execute("ANALYZE inspections")
+    with (
+        psycopg.connect(dsn) as conn,
+        conn.cursor() as cur,
+        cur.copy(f"COPY inspections ({COLUMNS}) FROM STDIN") as copy,
+    ):
+        for chunk in rows_csv(n):
+            copy.write(chunk)
+    # What autovacuum does to a table soon after a bulk insert (PostgreSQL 13+ vacuums on
+    # inserts too): statistics, and the visibility map that lets index-only scans skip the heap.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE inspections")
     return time.perf_counter() - start
+
+
+def register_models(url: str) -> None:
+    """The three versions in the registry, the newest active, each class calibrated under each
+    on normal scores shaped like the rows' (what the class page compares with)."""
+    rng = np.random.default_rng(1)
+    with RecordStore(url) as records:
+        for i, version in enumerate(VERSIONS):
+            records.record_model_version(version, f"s3://bench/models/{version}.safetensors",
+                                         parent_version=VERSIONS[i - 1] if i else None)  # fmt: skip
+            for c in CLASSES:
+                records.record_calibration(version, c, calibrate(2 * rng.beta(0.6, 3.0, 400)))
+        records.set_active(VERSIONS[-1], by="bench")
+
+
+def class_plan(url: str) -> str:
+    """The class page's distribution query for one class under the active model, 7 days."""
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            until = datetime.now(timezone.utc)
+            w = k.ClassWindow(CLASSES[0], VERSIONS[-1], until - timedelta(days=7), until)
+            b = k._bin(conn).label("b")
+            query = k.select(b, k.func.count()).where(w.where()).group_by(b)
+            sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+            return "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN ANALYZE {sql}"))
+    finally:
+        engine.dispose()
 
 
 def queue_plan(url: str) -> str:
@@ -199,6 +242,7 @@ def time_pages(station: Station, requests: int) -> dict[str, list[float]]:
     for i in range(requests):
         kinds = {
             "queue, first page": "/",
+            "queue counts (fetched by the page)": "/counts",
             "queue, class filter": f"/?product_class={CLASSES[i % len(CLASSES)]}",
             "queue, flagged only": "/?verdict=anomalous",
             "queue, line + station": f"/?line=line-{i % 10}&station=line-{i % 10}-cam-1",
@@ -208,6 +252,11 @@ def time_pages(station: Station, requests: int) -> dict[str, list[float]]:
             kinds["queue, next page (deep)"] = "/?" + urllib.parse.urlencode({"after": cursor})
         if first_ids:
             kinds["inspection page"] = f"/inspections/{first_ids[i % len(first_ids)]}"
+        # A class under the active model: 1/24 of the rows, in the window.
+        kinds["class page, 7 days"] = f"/classes/{CLASSES[i % len(CLASSES)]}?days=7"
+        kinds["class page, 30 days"] = f"/classes/{CLASSES[i % len(CLASSES)]}?days=30"
+        kinds["class index, 7 days"] = "/classes?days=7"
+        kinds["models page"] = "/models"
         for kind, path in kinds.items():
             seconds, body = station.get(path)
             times.setdefault(kind, []).append(seconds)
@@ -245,14 +294,22 @@ def main(argv: list[str] | None = None) -> None:
     with fresh_database(args.postgres) as url, tempfile.TemporaryDirectory() as tmp:
         migrate(url)
         fill_s = fill(url, args.rows)
+        register_models(url)
         print(f"{args.rows} rows copied and analysed in {fill_s:.1f} s", file=sys.stderr)
         plan = queue_plan(url)
+        plan_class = class_plan(url)
         station = Station(url, Path(tmp))
         try:
             times = time_pages(station, args.requests)
         finally:
             station.close()
-    result = {"rows": args.rows, "fill_s": fill_s, "pages": summary(times), "queue_plan": plan}
+    result = {
+        "rows": args.rows,
+        "fill_s": fill_s,
+        "pages": summary(times),
+        "queue_plan": plan,
+        "class_plan": plan_class,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"| page ({args.rows:,} inspections, PostgreSQL) | p50 ms | p95 ms |")
@@ -260,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     for kind, s in result["pages"].items():
         print(f"| {kind} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} |")
     print("\nqueue query plan (first page):\n" + plan)
+    print("\nclass page, distribution query plan (7 days):\n" + plan_class)
 
 
 if __name__ == "__main__":

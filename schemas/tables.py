@@ -72,6 +72,11 @@ REVIEW_PRIORITY_SQL = (
 )
 
 
+# A labelled mistake: flagged but labelled normal (a false alarm), or passed but labelled
+# anomalous (a miss). The class page lists them from a partial index on exactly this.
+MISTAKE_SQL = "(is_anomalous AND label = 'normal') OR (NOT is_anomalous AND label = 'anomalous')"
+
+
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
@@ -141,6 +146,22 @@ class Inspection(Base):
             "event_id",
             postgresql_where=text("label IS NULL"),
             sqlite_where=text("label IS NULL"),
+        ),
+        # Review, class page: one class under one model in a window, answered from the index.
+        Index(
+            "ix_inspections_class_window",
+            "product_class",
+            "model_version",
+            "processed_at",
+            postgresql_include=["confidence", "is_anomalous", "label"],
+        ),
+        Index(
+            "ix_inspections_mistakes",
+            "product_class",
+            "model_version",
+            "processed_at",
+            postgresql_where=text(MISTAKE_SQL),
+            sqlite_where=text(MISTAKE_SQL),
         ),
     )
 

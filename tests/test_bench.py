@@ -165,8 +165,14 @@ def test_review_bench_times_every_page_on_the_index_it_names(tmp_path):
     )
     result = json.loads(out.read_text())
     assert result["rows"] == 3000
-    assert {"queue, first page", "queue, next page (deep)", "inspection page"} <= set(
-        result["pages"]
-    )
+    assert {
+        "queue, first page",
+        "queue, next page (deep)",
+        "inspection page",
+        "class page, 7 days",
+        "class page, 30 days",
+        "class index, 7 days",
+        "models page",
+    } <= set(result["pages"])
     assert all(p["p50_ms"] > 0 and p["p95_ms"] >= p["p50_ms"] for p in result["pages"].values())
     assert "ix_inspections_review_queue" in result["queue_plan"]

@@ -47,6 +47,7 @@ from pydantic_settings import BaseSettings
 from model.settings import RetrainSettings
 from worker.endpoints import LIVEZ, METRICS, READYZ
 from worker.metrics import WorkerMetrics
+from worker.review.settings import ReviewSettings
 from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,9 +189,19 @@ def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def worker_deployment(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    deployments = of_kind(docs, "Deployment")
-    assert len(deployments) == 1, "one Deployment: the worker"
+    deployments = [d for d in of_kind(docs, "Deployment") if component_of(d) == "worker"]
+    assert len(deployments) == 1, "one Deployment of the worker"
     return deployments[0]
+
+
+def review_deployment(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    deployments = [d for d in of_kind(docs, "Deployment") if component_of(d) == "review"]
+    assert len(deployments) == 1, "one Deployment of the review station"
+    return deployments[0]
+
+
+def component_of(d: dict[str, Any]) -> str | None:
+    return d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
 
 
 def worker_container(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
@@ -456,6 +467,40 @@ def test_probes_hit_the_worker_endpoints_on_its_port(target: str) -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_the_review_station_is_probed_served_and_reads_the_workers_stores(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.review.app import create_app
+
+    docs = rendered(target)
+    pod = review_deployment(docs)["spec"]["template"]
+    (c,) = pod["spec"]["containers"]
+    env = container_env(docs, c)
+    settings = settings_from(ReviewSettings, env, monkeypatch)
+    assert settings.host == "0.0.0.0" and settings.session_secret is not None
+    assert env["REVIEW_SESSION_SECRET"].source == "secret"
+    local = settings.model_copy(update={"database_url": SecretStr("sqlite://"), "redis_url": None})
+    routes = {getattr(r, "path", None) for r in create_app(local).routes}
+    for probe, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez"),
+                        ("readinessProbe", "/readyz")):  # fmt: skip
+        get = c[probe]["httpGet"]
+        assert get["path"] == path and path in routes, probe
+        assert container_port(c, get["port"]) == settings.port, probe
+    service = named(docs, "Service", "grad-review")
+    assert selects(service["spec"]["selector"], pod_labels(pod))
+    assert {container_port(c, p["targetPort"]) for p in service["spec"]["ports"]} == {settings.port}
+    # The pages show what the workers recorded: the same image roots and heatmap store.
+    worker_env = container_env(docs, worker_container(docs))
+    for field in ("image_roots", "heatmap_store"):
+        mine, theirs = env[f"REVIEW_{field.upper()}"], worker_env[f"WORKER_{field.upper()}"]
+        assert mine.value == theirs.value, field
+    users = mount_of(c, str(settings.users_file))
+    assert users is not None and users.get("readOnly")
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert "secret" in volumes[users["name"]], "accounts come from a Secret"
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_metrics_are_scraped_from_the_metrics_port(target: str) -> None:
     docs = rendered(target)
     pod = worker_deployment(docs)["spec"]["template"]
@@ -544,7 +589,15 @@ PROMOTE = Program(
 )
 ALEMBIC = Program("alembic", alembic_env(), database="GRAD_DATABASE_URL")
 IDLE = Program("sleep", frozenset())  # ops/models-loader.yaml: a pod to `kubectl cp` into
-PYTHON_PROGRAMS = {p.name: p for p in (WORKER, RETRAIN, PROMOTE)}
+REVIEW = Program(
+    "worker.review",
+    settings_env(ReviewSettings),
+    database="REVIEW_DATABASE_URL",
+    redis="REVIEW_REDIS_URL",
+    settings=ReviewSettings,
+    object_store=True,
+)
+PYTHON_PROGRAMS = {p.name: p for p in (WORKER, RETRAIN, PROMOTE, REVIEW)}
 
 
 def program_of(c: dict[str, Any]) -> Program:
@@ -564,7 +617,7 @@ def program_of(c: dict[str, Any]) -> Program:
 
 
 def test_programs_read_the_variables_their_stores_are_given_in() -> None:
-    for program in (WORKER, RETRAIN, PROMOTE, ALEMBIC):
+    for program in (WORKER, RETRAIN, PROMOTE, REVIEW, ALEMBIC):
         assert program.database in program.reads, program.name
         assert program.redis is None or program.redis in program.reads, program.name
     assert alembic_env() == {"GRAD_DATABASE_URL"}, "migrations/env.py reads the database URL"

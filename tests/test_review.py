@@ -84,6 +84,24 @@ def test_the_queue_puts_what_a_label_teaches_most_first_and_pages_by_keyset(data
     assert client.get("/?after=garbage").status_code == 400
 
 
+def counts_of(html: str) -> str:
+    return re.sub(r"\s+", " ", html)
+
+
+def test_the_queue_counts_what_its_filters_select_whatever_the_page(data) -> None:
+    client = client_for(data, page_size=2)
+    assert 'data-src="/counts"' in client.get("/").text  # the page fetches them after itself
+    head = counts_of(client.get("/counts").text)
+    assert '<strong class="total">5</strong> under these filters (2 flagged, 3 passed)' in head
+    assert '<a class="facet" href="/?product_class=fabric">fabric 5</a>' in head
+    assert "by line" not in head  # one line: nothing to split
+    flagged = counts_of(client.get("/counts?verdict=anomalous&label_state=any").text)
+    assert '<strong class="total">3</strong> under these filters (3 flagged, 0 passed)' in flagged
+    assert 'href="/?product_class=fabric&amp;verdict=anomalous&amp;label_state=any"' in flagged
+    none = counts_of(client.get("/counts?line=line-9").text)
+    assert '<strong class="total">0</strong>' in none and "by class" not in none
+
+
 def test_pages_need_a_sign_in_and_a_wrong_password_gets_none(data) -> None:
     anonymous = client_for(data, user=None)
     r = anonymous.get("/")

@@ -96,6 +96,10 @@ def test_a_reviewer_labels_with_the_keyboard_and_the_next_inspection_opens(
     sign_in(browser, base, "anna")
     rows = browser.find_elements(By.CSS_SELECTOR, "a.open")
     assert [r.text for r in rows] == QUEUE_ORDER
+    # The counts arrive after the page, fetched by its script.
+    WebDriverWait(browser, 10).until(
+        ec.text_to_be_present_in_element((By.CSS_SELECTOR, "p.counts strong.total"), "5")
+    )
     rows[0].click()
     assert browser.find_element(By.CSS_SELECTOR, "h1.event").text == QUEUE_ORDER[0]
     photo = browser.find_element(By.CSS_SELECTOR, "img.photo")

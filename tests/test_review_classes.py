@@ -3,11 +3,13 @@ calibration's normals, the drift figure, the anomaly rate per day, labelled mist
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import create_engine, event
 
 from model.core.clock import utc_now
 from model.metrics.calibration import calibrate, confidence
@@ -15,8 +17,11 @@ from model.metrics.drift import drift
 from model.stores.records import RecordStore
 from schemas import ClassCalibration
 from schemas.records import InspectionRecord
+from schemas.tables import MISTAKE_SQL
+from tests.conftest import REPO
 from tests.review import ReviewData, make_review_data
 from tests.test_review import client_for
+from worker.review import classes as k
 
 VERSION = "grad-00000000000000c1"
 
@@ -137,3 +142,45 @@ def test_without_a_recorded_calibration_the_page_says_so(history) -> None:
     data, _ = history
     html = client_for(data).get("/classes/fabric?days=90&model_version=grad-0123456789abcdef").text
     assert "No calibration of this class is recorded" in html and 'class="drift' not in html
+
+
+def test_the_class_page_reads_the_indexes_the_migrations_add_for_it(history) -> None:
+    """Each of the page's statements, as it runs them, planned by SQLite on the migrated
+    database: the window's aggregates on ix_inspections_class_window, the mistakes on the
+    partial ix_inspections_mistakes (PostgreSQL's plans: bench.review)."""
+    data, _ = history
+    engine = create_engine(data.url)
+    statements: list[tuple[str, object]] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def keep(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append((statement, parameters))
+
+    now = utc_now()
+    w = k.ClassWindow("screw", VERSION, now - timedelta(days=7), now)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+            statements.clear()
+            k.confidence_counts(conn, w)
+            k.per_day(conn, w)
+            k.mistakes(conn, w)
+            ran = list(statements)
+            plans = [
+                " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+                for sql, params in ran
+            ]
+    finally:
+        engine.dispose()
+    # histogram, per day, mistakes counted, labelled counted, false alarms, misses
+    assert len(plans) == 6, ran
+    for i, index in enumerate(["class_window", "class_window", "mistakes", "class_window",
+                               "mistakes", "mistakes"]):  # fmt: skip
+        assert f"ix_inspections_{index}" in plans[i], plans[i]
+    spec = importlib.util.spec_from_file_location(
+        "class_page_migration", REPO / "migrations" / "versions" / "0005_class_page_indexes.py"
+    )
+    assert spec and spec.loader
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    assert migration.MISTAKE == MISTAKE_SQL, "the partial index is on the page's own predicate"

@@ -118,6 +118,22 @@ def stream(
     return got, elapsed, code
 
 
+def register_model(db: Path, models: Path, ckpt: Path) -> str:
+    """The demo's model in the SQL registry, active, with its calibrations (what `model.retrain`
+    and `model.promote` do on a line), so the review station's class and models pages have a
+    calibration and a lineage to show."""
+    from model.inference.checkpoint import from_bytes
+    from model.lifecycle.promotion import register
+    from model.stores.artifacts import ArtifactStore
+
+    blob = Path(ckpt).read_bytes()
+    meta = from_bytes(blob)[1]
+    with RecordStore(f"sqlite:///{db}") as records:
+        register(records, ArtifactStore(models), blob, meta, images_per_class=meta.train_images)
+        records.set_active(meta.version, by="worker.demo")
+    return meta.version
+
+
 def print_flagged(results: list[InspectionResult]) -> None:
     flagged = sorted((r for r in results if r.is_anomalous), key=lambda r: -r.score)[:3]
     if flagged:
@@ -160,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     with RecordStore(f"sqlite:///{db}") as records:
         rows = records.count()
     print(f"inspections recorded in SQLite: {rows} rows in {db}")
+    registered = register_model(db, out / "models", ckpt)
+    print(f"model {registered} registered as active in {db}")
     summary = {
         "rows": rows,
         "results": len(results),
@@ -167,10 +185,13 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": elapsed,
         "worker_log": str(out / "worker.log"),
         "checkpoint": str(ckpt),
+        "data": str(data),
+        "model_version": registered,
         "finished_at": datetime.now().isoformat(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"worker log: {out / 'worker.log'}")
+    print(f"review these inspections in a browser: python -m worker.review demo --out {out}")
     if len(results) + len(dead) < len(events):
         raise SystemExit(f"only {len(results) + len(dead)} of {len(events)} events came back")
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ImageDecodeError(ValueError):
@@ -76,6 +79,11 @@ def read_mask(path: Path | None, size: int, like: tuple[int, int] | None = None)
 
 
 def to_batch(images: list[np.ndarray], size: int) -> torch.Tensor:
-    """List of H x W x 3 uint8 RGB images to a B x 3 x size x size uint8 tensor."""
+    """List of H x W x 3 uint8 RGB images to a B x 3 x size x size uint8 tensor.
+
+    torch is imported here, not with the module: decoding images (the review station, the
+    worker's fetch pool) needs no torch."""
+    import torch
+
     arr = np.stack([resize(im, size) for im in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()

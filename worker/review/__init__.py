@@ -13,7 +13,9 @@ as the worker.
   geometry;
 - `station`: what every route shares (settings, stores, sessions, templates) and who is
   signed in;
+- `models`: the models page's view of the registry and of what the workers serve (read-only);
 - `app`: the HTTP routes (FastAPI) and their pages (`templates/`, `static/`: no CDN);
-  `class_routes`: the class pages;
+  `class_routes`, `model_routes`: the class and models pages;
+- `demo`: the station on what `python -m worker.demo` left;
 - `__main__`: the command.
 """

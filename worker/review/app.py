@@ -9,6 +9,7 @@ answers 503 with a page saying so; the error is logged, never shown.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from importlib import resources
@@ -26,6 +27,7 @@ from worker.review import queue as q
 from worker.review.accounts import authenticate
 from worker.review.class_routes import add_class_routes
 from worker.review.media import MediaUnavailable, content_type, image_bytes, overlay_png
+from worker.review.model_routes import add_model_routes
 from worker.review.sessions import COOKIE, csrf_ok
 from worker.review.settings import ReviewSettings
 from worker.review.station import Station, signed_in
@@ -96,8 +98,10 @@ def create_app(settings: ReviewSettings) -> FastAPI:
     _guards(app, station)
     _signin_routes(app, station)
     _review_routes(app, station)
+    _count_routes(app, station)
     _media_routes(app, station)
     add_class_routes(app, station)
+    add_model_routes(app, station)
     return app
 
 
@@ -250,6 +254,24 @@ def _review_routes(app: FastAPI, station: Station) -> None:
         target = f"/inspections/{following}" if following else "/"
         query = query_of(filters)
         return RedirectResponse(f"{target}?{query}" if query else target, 303)
+
+
+def _count_routes(app: FastAPI, station: Station) -> None:
+    """The queue's counts, a page of their own."""
+
+    @app.get("/counts", response_class=HTMLResponse)
+    def counts_view(request: Request) -> HTMLResponse:
+        """What the queue's filters select, counted (a scan of it, so the queue page itself
+        does not wait for it: its script fetches this and puts it in place)."""
+        signed_in(station, request)
+        filters = filters_from(request.query_params)
+        with station.read() as conn:
+            counts = q.counts(conn, filters)
+        return station.page(
+            "counts.html",
+            counts=counts,
+            query_with=lambda **narrower: query_of(dataclasses.replace(filters, **narrower)),
+        )
 
 
 def _media_routes(app: FastAPI, station: Station) -> None:

@@ -8,6 +8,7 @@ plotting library, and pass the station's content security policy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, timedelta
 
 from schemas import ClassCalibration
 from worker.review.classes import Bar, Day, score_at
@@ -77,11 +78,13 @@ def distribution(bars: list[Bar], cal: ClassCalibration | None) -> Chart:
     return Chart(WIDTH, HEIGHT, rects, points, ticks, _x(0.5), f"{top:.0%} of parts per bin")
 
 
-def anomaly_rate(days: list[Day]) -> Chart:
-    """One bar per day: the share of parts flagged."""
+def anomaly_rate(days: list[Day], first: date, last: date) -> Chart:
+    """One slot per day of the window (first to last), a bar where parts were inspected: the
+    share of them flagged."""
+    slots = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    by_day = {d.day: d for d in days}
     top = max([d.rate for d in days] + [1e-9])
-    n = max(len(days), 1)
-    w = (WIDTH - 2 * PAD) / n
+    w = (WIDTH - 2 * PAD) / len(slots)
     rects = [
         Rect(
             PAD + i * w + 1,
@@ -90,8 +93,9 @@ def anomaly_rate(days: list[Day]) -> Chart:
             _y(0, top) - _y(d.rate, top),
             f"{d.day.isoformat()}: {d.flagged} of {d.parts} flagged ({d.rate:.1%})",
         )
-        for i, d in enumerate(days)
+        for i, day in enumerate(slots)
+        if (d := by_day.get(day)) is not None
     ]
-    step = max(1, n // 7)
-    ticks = [Tick(PAD + (i + 0.5) * w, d.day.strftime("%m-%d")) for i, d in enumerate(days)][::step]
-    return Chart(WIDTH, HEIGHT, rects, "", ticks, None, f"{top:.1%} flagged")
+    step = max(1, len(slots) // 7)
+    ticks = [Tick(PAD + (i + 0.5) * w, day.strftime("%m-%d")) for i, day in enumerate(slots)]
+    return Chart(WIDTH, HEIGHT, rects, "", ticks[::step], None, f"{top:.1%} flagged")

@@ -63,7 +63,7 @@ def add_class_routes(app: FastAPI, station: Station) -> None:
             fig=fig,
             parts=int(fig.counts.sum()),
             distribution=charts.distribution(k.chart_bars(fig.counts, cal), cal),
-            rate=charts.anomaly_rate(fig.days),
+            rate=charts.anomaly_rate(fig.days, w.since.date(), w.until.date()),
         )
 
 

@@ -19,12 +19,12 @@ from datetime import date, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Integer, and_, case, cast, func, select
+from sqlalchemy import Connection, Integer, and_, case, cast, func, not_, select, text
 
 from model.metrics.calibration import confidence
 from model.metrics.drift import Drift, drift_from_histogram
 from schemas import ClassCalibration
-from schemas.tables import Inspection
+from schemas.tables import MISTAKE_SQL, Inspection
 
 T = Inspection.__table__
 # 0.0025 wide: the drift read from them is within about a bin's share (1 % or so) of the exact.
@@ -131,22 +131,28 @@ def _as_date(value: Any) -> date:
 
 
 def mistakes(conn: Connection, w: ClassWindow) -> Mistakes:
-    false_alarm = and_(T.c.is_anomalous.is_(True), T.c.label == "normal")
-    miss = and_(T.c.is_anomalous.is_(False), T.c.label == "anomalous")
+    """Counted and listed from the partial index of mistakes (schemas.tables.MISTAKE_SQL),
+    whose predicate the conditions here imply as written."""
+    false_alarm = and_(T.c.is_anomalous, T.c.label == "normal")
+    miss = and_(not_(T.c.is_anomalous), T.c.label == "anomalous")
     row = conn.execute(
-        select(
-            func.sum(case((false_alarm, 1), else_=0)),
-            func.sum(case((miss, 1), else_=0)),
-            func.count(),
-        ).where(w.where(), T.c.label.is_not(None))
+        select(func.sum(case((T.c.is_anomalous, 1), else_=0)), func.count()).where(
+            w.where(), text(f"({MISTAKE_SQL})")
+        )
     ).one()
+    labelled = conn.execute(select(func.count()).where(w.where(), T.c.label.is_not(None)))
 
     def latest(cond: Any) -> list[str]:
-        q = select(T.c.event_id).where(w.where(), cond).order_by(T.c.processed_at.desc())
-        return list(conn.execute(q.limit(EXAMPLES)).scalars())
+        q = select(T.c.event_id).where(w.where(), cond, text(f"({MISTAKE_SQL})"))
+        return list(conn.execute(q.order_by(T.c.processed_at.desc()).limit(EXAMPLES)).scalars())
 
+    false_alarms = int(row[0] or 0)
     return Mistakes(
-        int(row[0] or 0), int(row[1] or 0), int(row[2]), latest(false_alarm), latest(miss)
+        false_alarms,
+        int(row[1]) - false_alarms,
+        int(labelled.scalar() or 0),
+        latest(false_alarm),
+        latest(miss),
     )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Double, and_, literal, literal_column, select, tuple_
+from sqlalchemy import Connection, Double, and_, func, literal, literal_column, select, tuple_
 
 from schemas.tables import REVIEW_PRIORITY_SQL, Inspection
 
@@ -127,6 +127,34 @@ def neighbours(
         .limit(1)
     ).first()
     return (before.event_id if before else None), (after[0]["event_id"] if after else None)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many inspections the filters select, and how they split by class, line, verdict."""
+
+    total: int
+    by_class: dict[str, int]
+    by_line: dict[str, int]
+    by_verdict: dict[str, int]
+
+
+def counts(conn: Connection, filters: QueueFilter) -> Counts:
+    """One aggregate over what the filters select (a scan of it: bench.review measures it on a
+    million rows)."""
+    rows = conn.execute(
+        select(T.c.product_class, T.c.line, T.c.is_anomalous, func.count())
+        .where(and_(True, *filters.conditions()))
+        .group_by(T.c.product_class, T.c.line, T.c.is_anomalous)
+    ).all()
+    by_class: dict[str, int] = {}
+    by_line: dict[str, int] = {}
+    by_verdict = {"anomalous": 0, "normal": 0}
+    for product_class, line, flagged, n in rows:
+        by_class[product_class] = by_class.get(product_class, 0) + n
+        by_line[line] = by_line.get(line, 0) + n
+        by_verdict["anomalous" if flagged else "normal"] += n
+    return Counts(sum(by_class.values()), by_class, by_line, by_verdict)
 
 
 def inspection(conn: Connection, event_id: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from model.data.recorded_images import RecordedImages
 from model.data.roots import Roots
 from model.stores.records import RecordStore
 from model.stores.sql import translate_errors
+from model.stores.state import open_state_store
 from worker.review.accounts import ROLES, User
 from worker.review.sessions import COOKIE, Session, Sessions
 from worker.review.settings import ReviewSettings
@@ -37,6 +38,8 @@ class Station:
             settings.image_roots, settings.max_image_bytes, settings.max_pixels
         )
         self.heatmaps = Roots.parse([settings.heatmap_store])
+        # The workers' state store (Redis, REVIEW_REDIS_URL), read for what they serve now.
+        self.state = open_state_store(settings.redis(), settings.state_prefix)
         secret = settings.session_secret.get_secret_value() if settings.session_secret else None
         if secret is None:
             log.warning("REVIEW_SESSION_SECRET is not set: sessions end when the station restarts")

@@ -1,7 +1,16 @@
-// The review station's only script: keyboard shortcuts and the overlay's opacity. No framework,
-// nothing fetched from elsewhere (the page's Content-Security-Policy allows only this origin).
+// The review station's only script: keyboard shortcuts, the overlay's opacity, and the queue's
+// counts (fetched after the page, which need not wait for them). No framework, nothing fetched
+// from elsewhere (the page's Content-Security-Policy allows only this origin).
 "use strict";
 document.addEventListener("DOMContentLoaded", () => {
+  const counts = document.querySelector("p.counts[data-src]");
+  if (counts) {
+    // The fragment is the station's own page, autoescaped on the server.
+    fetch(counts.dataset.src, { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.text() : Promise.reject(new Error(String(r.status)))))
+      .then((html) => { counts.innerHTML = html; })
+      .catch(() => { counts.textContent = "Counts unavailable."; });
+  }
   const view = document.querySelector(".inspection");
   const overlay = document.querySelector(".overlay");
   const slider = document.querySelector(".opacity");
