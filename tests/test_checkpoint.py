@@ -62,6 +62,25 @@ def test_tampering_is_detected(tiny_ckpt):
         load_checkpoint(tiny_ckpt.with_name("nope.safetensors"))
 
 
+def test_a_checkpoint_written_before_a_metadata_field_existed_still_loads(tiny_ckpt):
+    """As an older version of this code wrote it: its calibrations without `reference` (the
+    normal scores drift is measured against), its id hashed over that metadata."""
+    from safetensors.torch import save
+
+    from model.inference.checkpoint import META_KEY, content_version
+
+    tensors, meta = load_checkpoint(tiny_ckpt)
+    old = meta.model_dump(mode="json")
+    for cal in [*old["calibration"].values(), old["global_calibration"]]:
+        del cal["reference"]
+    old["version"] = content_version(tensors, old)
+    data = save(dict(tensors), metadata={META_KEY: json.dumps(old)})
+    _, loaded = from_bytes(data, expect=old["version"])
+    assert loaded.version == old["version"] != meta.version
+    assert all(c.reference == () for c in loaded.calibration.values())
+    assert meta.calibration and all(c.reference for c in meta.calibration.values())
+
+
 def test_checkpoint_is_safetensors_not_pickle(tiny_ckpt):
     data = tiny_ckpt.read_bytes()
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
