@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from model.core.clock import utc_now
 from model.stores.records import RecordStore
 from schemas.tables import REVIEW_PRIORITY_SQL
 from tests.conftest import REPO
@@ -82,6 +84,25 @@ def test_the_queue_puts_what_a_label_teaches_most_first_and_pages_by_keyset(data
     assert queue_ids(labelled.text) == [LABELLED]
     assert client.get("/?verdict=maybe").status_code == 400
     assert client.get("/?after=garbage").status_code == 400
+
+
+def test_the_queue_filters_by_time_window_as_the_command_lines_write_it(data) -> None:
+    client = client_for(data)
+    # Rows i = 0..5 were processed at 08:00:0i (tests/review.py).
+    since = client.get("/?since=2026-12-03T08:00:02%2B00:00").text
+    assert queue_ids(since) == ["e-near-pass", "e-xss", "e-far-flag"]
+    until = client.get("/?until=2026-12-03T08:00:02Z").text
+    assert queue_ids(until) == ["e-near-flag", "e-far-pass"]
+    assert queue_ids(client.get("/?since=2026-12-03").text) == QUEUE_ORDER  # midnight UTC
+    assert client.get("/?since=2026-12-03T08:00").status_code == 400  # a time without a zone
+    assert client.get("/?since=soon").status_code == 400
+    recent = client.get("/?since=8h").text
+    shown = re.search(r'name="since" placeholder="[^"]*" value="([^"]+)"', recent)
+    assert shown, "the form shows the window it applied"
+    at = datetime.fromisoformat(shown[1])
+    assert abs((utc_now() - timedelta(hours=8) - at).total_seconds()) < 60
+    counts = counts_of(client.get("/counts?since=2026-12-03T08:00:02Z").text)
+    assert '<strong class="total">3</strong>' in counts
 
 
 def counts_of(html: str) -> str:

@@ -21,6 +21,8 @@ from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from model.core.clock import utc_now
+from model.lifecycle.window import parse_time
 from model.stores.sql import RecordStoreUnavailable
 from schemas.limits import NOTE_LENGTH
 from worker.review import queue as q
@@ -44,6 +46,7 @@ CSP = (
 def filters_from(params: Any) -> q.QueueFilter:
     """The queue's filters from a request's query or form; 400 on a malformed one."""
     values = {k: params.get(k) or None for k in FILTER_FIELDS}
+    now = utc_now()
     try:
         return q.QueueFilter(
             line=values["line"],
@@ -54,10 +57,10 @@ def filters_from(params: Any) -> q.QueueFilter:
             label_state=_choice(
                 values["label_state"], ("unlabelled", "labelled", "any"), "unlabelled"
             ),
-            since=_time(params.get("since")),
-            until=_time(params.get("until")),
+            since=_time(params.get("since"), now),
+            until=_time(params.get("until"), now),
         )
-    except ValueError as exc:
+    except ValueError as exc:  # WindowError too
         raise HTTPException(400, str(exc)) from exc
 
 
@@ -69,13 +72,12 @@ def _choice(value: str | None, allowed: tuple[str, ...], default: str) -> Any:
     return value
 
 
-def _time(value: str | None) -> datetime | None:
+def _time(value: str | None, now: datetime) -> datetime | None:
+    """A window's end as the command lines take it (model.lifecycle.window): `8h` or `7d` back
+    from now, a date (its midnight UTC), or a time with its zone; a naive time is refused."""
     if not value:
         return None
-    t = datetime.fromisoformat(value)
-    if t.tzinfo is None:
-        raise ValueError("a time needs its zone (2026-12-03T08:00+00:00)")
-    return t
+    return parse_time(value, now)
 
 
 def query_of(filters: q.QueueFilter) -> str:
