@@ -136,3 +136,59 @@ def test_a_viewer_sees_no_label_buttons_and_the_keys_change_nothing(station, bro
     assert browser.find_element(By.CSS_SELECTOR, "h1.event").text == QUEUE_ORDER[0]
     with RecordStore(data.url) as store:
         assert store.get(QUEUE_ORDER[0]).label is None  # type: ignore[union-attr]
+
+
+def test_in_the_browser_an_attribute_holding_a_script_is_text_and_runs_nothing(
+    station, browser
+) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    base, _ = station
+    sign_in(browser, base, "anna")
+    browser.get(base + "/inspections/e-xss")
+    shown = browser.find_element(By.CSS_SELECTOR, "pre.attributes").text
+    assert "<script>alert('station')</script>" in shown  # read as text, as it was sent
+    scripts = browser.execute_script(
+        "return Array.from(document.scripts).map(s => s.src || s.textContent)"
+    )
+    assert scripts == [base + "/static/review.js"], scripts  # the station's own, nothing else
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text  # noqa: B018 - reading it is the check
+
+
+def test_in_the_browser_a_label_without_the_csrf_token_is_refused(station, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    base, data = station
+    sign_in(browser, base, "anna")
+    browser.get(base + f"/inspections/{QUEUE_ORDER[0]}")
+    # The form as a forged page would post it: everything but the token.
+    browser.execute_script(
+        "const f = document.querySelector('form.labelling');"
+        "f.querySelector('input[name=csrf]').remove();"
+        "f.querySelector('button[value=anomalous]').click();"
+    )
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "CSRF" in body, body
+    with RecordStore(data.url) as store:
+        assert store.get(QUEUE_ORDER[0]).label is None  # type: ignore[union-attr]
+
+
+def test_in_the_browser_an_image_route_naming_a_path_answers_404(station, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    base, _ = station
+    sign_in(browser, base, "anna")
+    for path in (
+        "/media/%2e%2e%2f%2e%2e%2fetc%2fpasswd/image",  # ../../etc/passwd, as a browser sends it
+        "/media/%2Fetc%2Fpasswd/image",  # an absolute path
+        "/media/..%2F..%2Fetc%2Fpasswd/overlay",
+    ):
+        browser.get(base + path)
+        status = browser.execute_script(
+            "return performance.getEntriesByType('navigation')[0].responseStatus"
+        )
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert status == 404, (path, status, body)
+        assert "root:" not in body
