@@ -10,6 +10,7 @@ created from that URL and dropped after.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -195,3 +197,14 @@ class PostgresServer:
             )  # fmt: skip
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def migration_module(filename: str) -> ModuleType:
+    """A revision file of migrations/versions, loaded as a module (they are not a package), to
+    compare the SQL it wrote out with the code's own."""
+    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / filename
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,7 +6,6 @@ The browser's view of the same: tests/test_review_browser.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,8 +18,7 @@ from fastapi.testclient import TestClient
 from model.core.clock import utc_now
 from model.stores.records import RecordStore
 from schemas.tables import REVIEW_PRIORITY_SQL
-from tests.conftest import REPO
-from tests.databases import closed_port_url
+from tests.databases import closed_port_url, migration_module
 from tests.review import LABELLED, PASSWORDS, QUEUE_ORDER, XSS, ReviewData, make_review_data
 from worker.review.app import create_app
 from worker.review.media import TOP, colour_overlay
@@ -285,10 +283,5 @@ def test_the_queue_reads_the_index_the_migrations_add_for_its_order(data) -> Non
     finally:
         engine.dispose()
     assert "ix_inspections_review_queue" in plan and "TEMP B-TREE" not in plan, plan
-    spec = importlib.util.spec_from_file_location(
-        "review_queue_migration", REPO / "migrations" / "versions" / "0003_review_queue_index.py"
-    )
-    assert spec and spec.loader
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
+    migration = migration_module("0003_review_queue_index.py")
     assert migration.PRIORITY == REVIEW_PRIORITY_SQL, "the index is on the queue's own expression"

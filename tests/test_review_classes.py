@@ -3,7 +3,6 @@ calibration's normals, the drift figure, the anomaly rate per day, labelled mist
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from model.stores.records import RecordStore
 from schemas import ClassCalibration
 from schemas.records import InspectionRecord
 from schemas.tables import MISTAKE_SQL
-from tests.conftest import REPO
+from tests.databases import migration_module
 from tests.review import ReviewData, make_review_data
 from tests.test_review import client_for
 from worker.review import classes as k
@@ -177,10 +176,5 @@ def test_the_class_page_reads_the_indexes_the_migrations_add_for_it(history) -> 
     for i, index in enumerate(["class_window", "class_window", "mistakes", "class_window",
                                "mistakes", "mistakes"]):  # fmt: skip
         assert f"ix_inspections_{index}" in plans[i], plans[i]
-    spec = importlib.util.spec_from_file_location(
-        "class_page_migration", REPO / "migrations" / "versions" / "0005_class_page_indexes.py"
-    )
-    assert spec and spec.loader
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
+    migration = migration_module("0005_class_page_indexes.py")
     assert migration.MISTAKE == MISTAKE_SQL, "the partial index is on the page's own predicate"

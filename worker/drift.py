@@ -40,6 +40,9 @@ class DriftMonitor:
         if w is None or (w.calibration is not calibration and w.calibration != calibration):
             w = self.classes[product_class] = _Window(calibration, deque(maxlen=self.window))
             w.changed = True
+        # An equal calibration re-read from the state store: keep it, so the next result's
+        # check is the identity test above, not a comparison of every reference score.
+        w.calibration = calibration
         if confidence < 0.5:
             w.confidences.append(confidence)
             w.changed = True

@@ -196,10 +196,9 @@ def _review_routes(app: FastAPI, station: Station) -> None:
             raise HTTPException(400, str(exc)) from exc
         with station.read() as conn:
             page = q.queue_page(conn, filters, settings.page_size, cursor)
-        return station.page(
+        return station.signed_page(
+            session,
             "queue.html",
-            user=session.user,
-            csrf=session.csrf,
             rows=page.rows,
             next=page.next.encode() if page.next else None,
             filters=filters,
@@ -215,10 +214,9 @@ def _review_routes(app: FastAPI, station: Station) -> None:
             if row is None:
                 raise HTTPException(404, "no such inspection")
             previous, following = q.neighbours(conn, filters, event_id)
-        return station.page(
+        return station.signed_page(
+            session,
             "inspection.html",
-            user=session.user,
-            csrf=session.csrf,
             row=row,
             attributes=json.dumps(row.get("attributes") or {}, indent=2, ensure_ascii=False),
             previous=previous,

@@ -26,10 +26,9 @@ def add_class_routes(app: FastAPI, station: Station) -> None:
             rows = k.class_summaries(conn, until - timedelta(days=days), until)
         active = station.records.active_version()
         thresholds = _thresholds(station, active)
-        return station.page(
+        return station.signed_page(
+            session,
             "classes.html",
-            user=session.user,
-            csrf=session.csrf,
             rows=rows,
             days=days,
             active=active,
@@ -53,10 +52,9 @@ def add_class_routes(app: FastAPI, station: Station) -> None:
             cal = _calibration(station, version, product_class)
             w = k.ClassWindow(product_class, version, until - timedelta(days=days), until)
             fig = k.figures(conn, w, cal)
-        return station.page(
+        return station.signed_page(
+            session,
             "class.html",
-            user=session.user,
-            csrf=session.csrf,
             w=w,
             days=days,
             cal=cal,

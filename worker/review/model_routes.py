@@ -18,12 +18,11 @@ def add_model_routes(app: FastAPI, station: Station) -> None:
         session = signed_in(station, request)
         versions = station.records.model_versions()
         back = m.rollback_target(versions)
-        return station.page(
+        return station.signed_page(
+            session,
             "models.html",
-            user=session.user,
-            csrf=session.csrf,
             versions=sorted(versions, key=lambda v: v.created_at, reverse=True),
-            serving=m.serving(station.state, station.settings.redis() is not None),
+            serving=m.serving(station.state),
             rollback=back,
             rollback_command=m.promote_command(back.version) if back else None,
         )
@@ -34,13 +33,12 @@ def add_model_routes(app: FastAPI, station: Station) -> None:
         page = m.version_page(station.records, version)
         if page is None:
             raise HTTPException(404, "no such model version")
-        return station.page(
+        return station.signed_page(
+            session,
             "model.html",
-            user=session.user,
-            csrf=session.csrf,
             page=page,
             v=page.record,
-            serving=m.serving(station.state, station.settings.redis() is not None),
+            serving=m.serving(station.state),
             command=m.promote_command(version),
             gate=json.dumps(page.record.gate_decision, indent=2)
             if page.record.gate_decision

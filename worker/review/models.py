@@ -35,8 +35,9 @@ class Serving:
         return {c: s for c, s in (self.classes or {}).items() if s.calibration is not None}
 
 
-def serving(store: StateStore, configured: bool = True) -> Serving:
-    if not configured:
+def serving(store: StateStore | None) -> Serving:
+    """What the state store says; None (no REVIEW_REDIS_URL) is said, not asked."""
+    if store is None:
         return Serving(None, None, configured=False)
     try:
         return Serving(store.active_version(), store.class_states())

@@ -20,7 +20,7 @@ from model.data.recorded_images import RecordedImages
 from model.data.roots import Roots
 from model.stores.records import RecordStore
 from model.stores.sql import translate_errors
-from model.stores.state import open_state_store
+from model.stores.state import RedisStateStore
 from worker.review.accounts import ROLES, User
 from worker.review.sessions import COOKIE, Session, Sessions
 from worker.review.settings import ReviewSettings
@@ -38,8 +38,10 @@ class Station:
             settings.image_roots, settings.max_image_bytes, settings.max_pixels
         )
         self.heatmaps = Roots.parse([settings.heatmap_store])
-        # The workers' state store (Redis, REVIEW_REDIS_URL), read for what they serve now.
-        self.state = open_state_store(settings.redis(), settings.state_prefix)
+        # The workers' state store (Redis, REVIEW_REDIS_URL), read for what they serve now;
+        # None when none is configured (an in-process store would only ever be empty).
+        url = settings.redis()
+        self.state = RedisStateStore(url, settings.state_prefix) if url else None
         secret = settings.session_secret.get_secret_value() if settings.session_secret else None
         if secret is None:
             log.warning("REVIEW_SESSION_SECRET is not set: sessions end when the station restarts")
@@ -57,6 +59,11 @@ class Station:
     def page(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = self.templates.get_template(name).render(**context)
         return HTMLResponse(html, status_code=status)
+
+    def signed_page(self, session: Session, name: str, **context: Any) -> HTMLResponse:
+        """A page for a signed-in user: the header's name and role, and the CSRF token every
+        form on it carries."""
+        return self.page(name, user=session.user, csrf=session.csrf, **context)
 
     def session(self, request: Request) -> Session | None:
         if self.settings.auth == "proxy":
