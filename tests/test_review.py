@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from model.core.clock import utc_now
 from model.stores.records import RecordStore
+from schemas.limits import NOTE_LENGTH
 from schemas.tables import REVIEW_PRIORITY_SQL
 from tests.databases import closed_port_url, migration_module
 from tests.review import LABELLED, PASSWORDS, QUEUE_ORDER, XSS, ReviewData, make_review_data
@@ -151,6 +152,19 @@ def test_a_label_is_recorded_with_the_reviewers_name_and_the_next_item_opens(dat
     assert row is not None and row.label == "anomalous" and row.labelled_by == "anna"
     assert row.label_note == "scratch at the edge" and row.labelled_at is not None
     assert "e-near-pass" not in queue_ids(client.get("/").text)
+
+
+def test_a_note_too_long_or_an_unknown_label_is_refused_whole_and_changes_nothing(data) -> None:
+    client = client_for(data)
+    csrf = csrf_of(client.get("/inspections/e-near-flag").text)
+    for form, reason in (
+        ({"label": "normal", "note": "x" * (NOTE_LENGTH + 1)}, f"at most {NOTE_LENGTH}"),
+        ({"label": "maybe"}, "normal or anomalous"),
+    ):
+        r = client.post("/inspections/e-near-flag/label", data={**form, "csrf": csrf})
+        assert r.status_code == 400 and reason in r.text, r.text
+    with RecordStore(data.url) as store:
+        assert store.get("e-near-flag").label is None  # type: ignore[union-attr]
 
 
 def test_a_state_change_without_the_csrf_token_is_refused_and_changes_nothing(data) -> None:
