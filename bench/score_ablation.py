@@ -43,6 +43,7 @@ Views = dict[str, torch.Tensor]
 
 SCORES: dict[str, Callable[[Views, Views], torch.Tensor]] = {
     "spec": lambda dist, maps: image_scores(maps["refined"]),
+    "top-1pct": lambda dist, maps: image_scores(maps["refined"], rule="top-1pct"),
     "no-pool": lambda dist, maps: maps["refined"].flatten(1).amax(dim=1),
     "raw-max": lambda dist, maps: dist["refined"].flatten(1).amax(dim=1),
     "unrefined": lambda dist, maps: image_scores(maps["unrefined"]),
@@ -65,7 +66,7 @@ def score_variants(
         chunk = items[i : i + batch_size]
         batch = to_batch([read_image(t.path) for t in chunk], size).to(device)
         with autocast_for(device):
-            x = inspector.backbone(batch).float()
+            x = head.prepare(inspector.backbone(batch).float())
             f_n = head.reconstruct(x)
             x_hat = head.refine(f_n, x)
         dist = {"refined": distance_map(x, x_hat), "unrefined": distance_map(x, f_n)}

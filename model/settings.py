@@ -19,11 +19,11 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from model.net.backbone import DEFAULT_BACKBONE
-from model.stores.settings import RecordSettings, StoreSettings
+from model.net.backbone import DEFAULT_BACKBONE, GRID_STRIDE, TAP_REDUCTIONS, check_taps
+from model.stores.settings import RecordSettings, StoreSettings, split_commas
 from schemas.model_state import DEFAULT_TARGET_FPR
 
 
@@ -42,6 +42,12 @@ class ModelSettings(BaseSettings):
     # images (320: bench/RESULTS.md, "Input size"). Scoring windows scale with it; evaluation
     # measures pixels at 224 whatever it is.
     image_size: int = 224
+    # The backbone's taps (strides) and the grid they are brought to: the spec's 8 and 16 on the
+    # stride-8 grid. The multi-scale lever taps 4,8,16 or 8,16,32 (bench/RESULTS.md, "Levers");
+    # a grid stride of 4 raises the grid to 56 x 56 at four times the head's cost. Training
+    # only: a checkpoint records its taps and is always served with them.
+    tap_strides: Annotated[tuple[int, ...], NoDecode] = TAP_REDUCTIONS
+    grid_stride: int = GRID_STRIDE
     # Which runtime scores (`model.inference.runtimes`): `auto` takes the fastest installed for
     # the device (on a CPU an exported graph, on a GPU torch); a missing one falls back to torch.
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
@@ -58,6 +64,21 @@ class ModelSettings(BaseSettings):
         if v < 64 or v % 16:
             raise ValueError(f"image_size must be a multiple of 16 and at least 64, got {v}")
         return v
+
+    @field_validator("tap_strides", mode="before")
+    @classmethod
+    def _split_taps(cls, v: object) -> object:
+        return split_commas(v)
+
+    @model_validator(mode="after")
+    def _grid_is_a_tap(self) -> ModelSettings:
+        check_taps(self.tap_strides, self.grid_stride)
+        if self.image_size % max(self.tap_strides):
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of the coarsest tap's stride "
+                f"{max(self.tap_strides)}"
+            )
+        return self
 
 
 def _default_actor() -> str:

@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from model.metrics.calibration import calibration_report
-from model.net.config import DECODERS, DEFAULT_VARIANT, TrainConfig
+from model.net.config import DECODERS, DEFAULT_VARIANT, HeadConfig, TrainConfig
+from model.net.scoring import IMAGE_SCORES
 from model.settings import ModelSettings
 from model.training.fit import SCHEDULES
 from model.training.options import THRESHOLD_RULES, TrainOptions
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="energy")
     p.add_argument("--no-jitter", action="store_true", help="ablation: disable coordinate jitter")
+    add_lever_arguments(p)
     p.add_argument(
         "--snapshot-every",
         type=int,
@@ -77,6 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_lever_arguments(p: argparse.ArgumentParser) -> None:
+    """The detection-quality levers (bench/RESULTS.md, "Levers"); each defaults to the spec."""
+    h = HeadConfig(channels=1)
+    g = p.add_argument_group("levers", "each at the spec's value unless given")
+    g.add_argument("--taps", type=int, nargs="+", help="backbone strides tapped (spec: 8 16)")
+    g.add_argument("--grid-stride", type=int, help="the feature grid's stride, one of the taps")
+    g.add_argument("--local-grid", type=int, default=h.local_grid, help="local grid side")
+    g.add_argument("--global-grid", type=int, default=h.global_grid, help="global grid side")
+    g.add_argument(
+        "--standardise",
+        action="store_true",
+        help="standardise features per channel with the training features' statistics",
+    )
+    g.add_argument(
+        "--read-dropout",
+        type=float,
+        default=h.read_dropout,
+        help="dropout on the fused grid reads during training (e.g. 0.2)",
+    )
+    g.add_argument("--image-score", choices=IMAGE_SCORES, default=h.image_score)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     overrides = {
@@ -86,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
             "backbone_weights": args.backbone_weights,
             "image_size": args.image_size,
             "device": args.device,
+            "tap_strides": tuple(args.taps) if args.taps else None,
+            "grid_stride": args.grid_stride,
         }.items()
         if v is not None
     }
@@ -95,6 +121,11 @@ def main(argv: list[str] | None = None) -> None:
         jitter=not args.no_jitter,
         snapshot_every=args.snapshot_every,
         keep_last=args.keep_last,
+        local_grid=args.local_grid,
+        global_grid=args.global_grid,
+        standardise=args.standardise,
+        read_dropout=args.read_dropout,
+        image_score=args.image_score,
     )
     settings = ModelSettings(**overrides)
     meta = train(args.data, args.out, config_from_args(args), settings, options, args.classes)

@@ -58,6 +58,10 @@ class CheckpointMeta(BaseModel):
     backbone_weights_sha256: str
     taps: tuple[int, ...] = Field(description="timm feature indices tapped (stride 8 and 16)")
     tap_channels: tuple[int, ...]
+    # The strides tapped and the grid they are brought to: the spec's 8 and 16 on the stride-8
+    # grid unless the multi-scale lever was trained (model.net.backbone).
+    tap_strides: tuple[int, ...] = (8, 16)
+    grid_stride: int = 8
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -69,6 +73,10 @@ class CheckpointMeta(BaseModel):
     global_grid: int
     refine_threshold: float = Field(gt=0)
     refine_threshold_rule: str
+    # Levers (model.net.config.HeadConfig): features standardised per channel (the statistics
+    # are tensors of the checkpoint), and how a map becomes an image score.
+    standardise: bool = False
+    image_score: str = "pool-max"
     # Decisions.
     calibration: dict[str, ClassCalibration]
     global_calibration: ClassCalibration

@@ -44,12 +44,16 @@ class FeatureSettings(Protocol):
     device: str
     image_size: int
     cache_dir: Path
+    tap_strides: tuple[int, ...]
+    grid_stride: int
 
 
 def backbone_key(backbone: FrozenBackbone, image_size: int) -> str:
-    """What the features depend on besides the image: architecture, weights, taps, input size."""
+    """What the features depend on besides the image: architecture, weights, taps, the grid
+    they are brought to, input size."""
     info = backbone.info
-    blob = json.dumps([info.name, info.weights_sha256, list(info.taps), image_size]).encode()
+    taps = [list(info.taps), info.grid_stride]
+    blob = json.dumps([info.name, info.weights_sha256, taps, image_size]).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

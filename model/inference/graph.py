@@ -49,8 +49,8 @@ def head_scores(
     """Anomaly maps (B x S x S) and image scores (B) for backbone features x, in float32."""
     device = device or x.device
     with autocast_for(device):
-        x_hat = head(x)
-    return score_features(x, x_hat, image_size)
+        z, x_hat = head.pair(x)
+    return score_features(z, x_hat, image_size, head.cfg.image_score)
 
 
 class ScoringGraph(nn.Module):

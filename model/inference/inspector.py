@@ -53,7 +53,15 @@ def image_scores(
 
 # The head's configuration as a checkpoint records it; the rest (jitter, refinement weights)
 # is training-time behaviour or the method's constants.
-_HEAD_FIELDS = ("channels", "feature_size", "variant", "local_grid", "global_grid")
+_HEAD_FIELDS = (
+    "channels",
+    "feature_size",
+    "variant",
+    "local_grid",
+    "global_grid",
+    "standardise",
+    "image_score",
+)
 
 
 def head_config_from(meta: CheckpointMeta) -> HeadConfig:
@@ -66,6 +74,18 @@ def head_config_from(meta: CheckpointMeta) -> HeadConfig:
 def head_fields(cfg: HeadConfig) -> dict[str, int | str | float]:
     """What a checkpoint's metadata records of a head (the inverse of `head_config_from`)."""
     return {**{k: getattr(cfg, k) for k in _HEAD_FIELDS}, "refine_threshold": cfg.refine_threshold}
+
+
+def backbone_for(meta: CheckpointMeta, weights: Path | None = None) -> FrozenBackbone:
+    """The frozen backbone a checkpoint was trained on: its architecture, tapped at its strides
+    on its grid; the tapped stages must be the ones the checkpoint records."""
+    backbone = build_backbone(meta.backbone, weights, meta.tap_strides, meta.grid_stride)
+    if backbone.info.taps != tuple(meta.taps):
+        raise WeightsError(
+            f"{meta.backbone} taps stages {backbone.info.taps} at strides {meta.tap_strides}, "
+            f"the checkpoint was trained on stages {tuple(meta.taps)}"
+        )
+    return backbone
 
 
 @dataclass(frozen=True)
@@ -160,7 +180,7 @@ class Inspector:
         served by the runtime `serve` asks for (eager torch by default)."""
         blob = source if isinstance(source, bytes) else Path(source).read_bytes()
         tensors, meta = from_bytes(blob, expect)
-        backbone = build_backbone(meta.backbone, backbone_weights)
+        backbone = backbone_for(meta, backbone_weights)
         have, want = backbone.info.weights_sha256, meta.backbone_weights_sha256
         if have != want:
             raise WeightsError(

@@ -376,7 +376,9 @@ def prepare_scoring(settings: RetrainSettings, plan: Plan) -> Scoring:
     backbone = (
         inspector.backbone
         if inspector
-        else build_backbone(settings.backbone, settings.backbone_weights).to(device)
+        else build_backbone(
+            settings.backbone, settings.backbone_weights, settings.tap_strides, settings.grid_stride
+        ).to(device)
     )
     size = active.meta.image_size if active else settings.image_size
     return Scoring(device, backbone, size, inspector)

@@ -28,6 +28,8 @@ from model.net._weights import (
 __all__ = [
     "BUILTIN_WEIGHTS",
     "DEFAULT_BACKBONE",
+    "GRID_STRIDE",
+    "TAP_REDUCTIONS",
     "BackboneInfo",
     "FrozenBackbone",
     "WeightsError",
@@ -41,7 +43,9 @@ __all__ = [
 
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+# The spec's taps: the last stage at stride 8 and at stride 16, on the stride-8 grid.
 TAP_REDUCTIONS = (8, 16)
+GRID_STRIDE = 8
 
 
 def load_imagenet_network(name: str, weights: Path | None = None) -> tuple[nn.Module, Path]:
@@ -81,17 +85,43 @@ class BackboneInfo:
     tap_channels: tuple[int, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # The strides tapped and the stride of the grid they are brought to (GRAD's feature map).
+    reductions: tuple[int, ...] = TAP_REDUCTIONS
+    grid_stride: int = GRID_STRIDE
 
     @property
     def channels(self) -> int:
         return sum(self.tap_channels)
 
 
+def check_taps(reductions: tuple[int, ...], grid_stride: int) -> None:
+    """Taps are distinct strides in increasing order, and the grid is one of them."""
+    if not reductions or list(reductions) != sorted(set(reductions)):
+        raise ValueError(f"tap strides must be distinct and increasing, got {reductions}")
+    if grid_stride not in reductions:
+        raise ValueError(f"the grid stride {grid_stride} must be one of the taps {reductions}")
+
+
+def to_grid(feature: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """One tap brought to the grid: a finer tap averaged over each grid cell (the detail it
+    carries stays in the cell's mean instead of being skipped by a subsampling), a coarser one
+    upsampled bilinearly with align_corners=True (the spec's resize of the stride-16 tap)."""
+    h = feature.shape[-2]
+    if h > size[0]:
+        k = h // size[0]
+        return F.avg_pool2d(feature, kernel_size=k, stride=k)
+    if h < size[0]:
+        return F.interpolate(feature, size=size, mode="bilinear", align_corners=True)
+    return feature
+
+
 class FrozenBackbone(nn.Module):
     """Image batch (uint8 or [0, 1] float, B x 3 x H x W) to GRAD's input x.
 
-    x = concat(tap8, upsample2x(tap16)), normalised with the backbone's own statistics. It stays
-    in eval mode and without gradients whatever mode its owner is put in.
+    x = concat of the taps on the grid (the spec's: tap8 and upsample2x(tap16) on the stride-8
+    grid; `build_backbone` may tap other strides, the multi-scale lever), normalised with the
+    backbone's own statistics. It stays in eval mode and without gradients whatever mode its
+    owner is put in.
     """
 
     def __init__(self, net: nn.Module, info: BackboneInfo) -> None:
@@ -116,32 +146,44 @@ class FrozenBackbone(nn.Module):
         feats = self.net.forward_intermediates(
             images, indices=list(self.info.taps), intermediates_only=True, stop_early=True
         )
-        base = feats[0]
-        ups = [
-            F.interpolate(f, size=base.shape[-2:], mode="bilinear", align_corners=True)
-            for f in feats[1:]
-        ]
-        return torch.cat([base, *ups], dim=1)
+        grid = self.info.reductions.index(self.info.grid_stride)
+        size = tuple(feats[grid].shape[-2:])
+        return torch.cat([to_grid(f, size) for f in feats], dim=1)
 
 
-def wrap_network(net: nn.Module, name: str, weights_sha256: str) -> FrozenBackbone:
-    """Tap a loaded timm network at strides 8 and 16 with its own normalisation."""
-    chans = [
-        [f["num_chs"] for f in net.feature_info if f["reduction"] == r][-1] for r in TAP_REDUCTIONS
-    ]
+def wrap_network(
+    net: nn.Module,
+    name: str,
+    weights_sha256: str,
+    reductions: tuple[int, ...] = TAP_REDUCTIONS,
+    grid_stride: int = GRID_STRIDE,
+) -> FrozenBackbone:
+    """Tap a loaded timm network at `reductions` (the spec's 8 and 16 by default), on the grid
+    of stride `grid_stride`, with its own normalisation."""
+    reductions = tuple(int(r) for r in reductions)
+    check_taps(reductions, grid_stride)
+    taps = tuple(tap_indices(net, reductions))  # raises for a stride the network lacks
     cfg = net.pretrained_cfg
     info = BackboneInfo(
         name=name,
         weights_sha256=weights_sha256,
-        taps=tuple(tap_indices(net)),
-        tap_channels=tuple(int(c) for c in chans),
+        taps=taps,
+        tap_channels=tuple(int(net.feature_info[t]["num_chs"]) for t in taps),
         mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+        reductions=reductions,
+        grid_stride=int(grid_stride),
     )
     return FrozenBackbone(net, info)
 
 
-def build_backbone(name: str = DEFAULT_BACKBONE, weights: Path | None = None) -> FrozenBackbone:
-    """The frozen feature extractor for `name`, from built-in or operator-given weights."""
+def build_backbone(
+    name: str = DEFAULT_BACKBONE,
+    weights: Path | None = None,
+    reductions: tuple[int, ...] = TAP_REDUCTIONS,
+    grid_stride: int = GRID_STRIDE,
+) -> FrozenBackbone:
+    """The frozen feature extractor for `name`, from built-in or operator-given weights, tapped
+    at `reductions` on the grid of stride `grid_stride`."""
     net, path = load_imagenet_network(name, weights)
-    return wrap_network(net, name, sha256_file(path))
+    return wrap_network(net, name, sha256_file(path), reductions, grid_stride)

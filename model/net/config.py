@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model.net.scoring import IMAGE_SCORES, SPEC_IMAGE_SCORE
 from schemas.model_state import DEFAULT_TARGET_FPR
 
 
@@ -40,7 +41,15 @@ DEFAULT_VARIANT = "crad"
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Shape and behaviour of the trainable GRAD head."""
+    """Shape and behaviour of the trainable GRAD head.
+
+    Beside the spec's values, the detection-quality levers (bench/RESULTS.md, "Levers"), each
+    off or at the spec's value by default: the grid sizes, `standardise` (the head works on
+    features standardised per channel with statistics of the training features, kept in the
+    checkpoint), `read_dropout` (dropout on the fused grid reads, training only) and
+    `image_score` (`model.net.scoring.IMAGE_SCORES`). The backbone's taps are the backbone's
+    (`model.net.backbone.build_backbone`).
+    """
 
     channels: int
     feature_size: int = 28
@@ -52,10 +61,20 @@ class HeadConfig:
     refine_threshold: float = 10.0
     refine_weight_mask: float = 0.3
     refine_weight_cos: float = 0.7
+    standardise: bool = False
+    read_dropout: float = 0.0
+    image_score: str = SPEC_IMAGE_SCORE
 
     def __post_init__(self) -> None:
         if self.variant not in DECODERS:
             raise ValueError(f"unknown decoder variant {self.variant!r}; known: {sorted(DECODERS)}")
+        if self.local_grid < 2 or self.global_grid < 2:
+            raise ValueError(f"grids need at least 2 x 2 nodes, got {self.local_grid}, "
+                             f"{self.global_grid}")  # fmt: skip
+        if not 0.0 <= self.read_dropout < 1.0:
+            raise ValueError(f"read dropout must lie in [0, 1), got {self.read_dropout}")
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"unknown image score {self.image_score!r}; known: {IMAGE_SCORES}")
 
     @property
     def decoder(self) -> DecoderSpec:

@@ -23,22 +23,35 @@ from model.net.backbone import BackboneInfo
 from model.net.config import HeadConfig, TrainConfig
 from model.net.grad import GRADHead
 from model.net.refinement import derive_refine_threshold, mse_percentile
+from model.net.standardise import channel_statistics, standardise
 from model.training.fit import History
 from model.training.options import TrainOptions
 from schemas import CheckpointMeta
 
 
-def head_config_for(feats: torch.Tensor, cfg: TrainConfig, options: TrainOptions) -> HeadConfig:
-    """The head to train on `feats` (N x C x S x S): the parent's shape, decoder and threshold
-    for a warm start, else the options' decoder and a threshold derived from the features."""
+def head_config_for(
+    feats: torch.Tensor,
+    cfg: TrainConfig,
+    options: TrainOptions,
+    stats: FeatureStats | None = None,
+) -> HeadConfig:
+    """The head to train on `feats` (N x C x S x S): the parent's shape, decoder, levers and
+    threshold for a warm start, else the options' and a threshold derived from the features
+    (in the head's working space: standardised with `stats` when the options standardise)."""
     jitter_prob = 0.5 if options.jitter else 0.0
     if options.init_from is None:
+        basis = standardise(feats, *stats) if stats is not None else feats
         return HeadConfig(
             channels=feats.shape[1],
             feature_size=feats.shape[2],
             variant=options.variant,
-            refine_threshold=derive_refine_threshold(feats, cfg.threshold_ratio),
+            refine_threshold=derive_refine_threshold(basis, cfg.threshold_ratio),
             jitter_prob=jitter_prob,
+            local_grid=options.local_grid,
+            global_grid=options.global_grid,
+            standardise=stats is not None,
+            read_dropout=options.read_dropout,
+            image_score=options.image_score,
         )
     parent = options.init_from[1]
     if (parent.channels, parent.feature_size) != (feats.shape[1], feats.shape[2]):
@@ -46,13 +59,26 @@ def head_config_for(feats: torch.Tensor, cfg: TrainConfig, options: TrainOptions
             f"features are {feats.shape[1]} x {feats.shape[2]}, the model to warm-start "
             f"from expects {parent.channels} x {parent.feature_size}"
         )
-    return replace(head_config_from(parent), jitter_prob=jitter_prob)
+    return replace(
+        head_config_from(parent), jitter_prob=jitter_prob, read_dropout=options.read_dropout
+    )
 
 
 def threshold_rule_of(options: TrainOptions) -> str:
     """The refinement threshold's rule: the parent's for a warm start, else the options'."""
     parent = options.init_from[1] if options.init_from is not None else None
     return parent.refine_threshold_rule if parent is not None else options.threshold_rule
+
+
+FeatureStats = tuple[torch.Tensor, torch.Tensor]  # per-channel mean and std
+
+
+def feature_stats_for(feats: torch.Tensor, options: TrainOptions) -> FeatureStats | None:
+    """The training features' per-channel statistics when a new head standardises (a warm
+    start keeps its parent's, which travel in the parent's weights)."""
+    if not options.standardise or options.init_from is not None:
+        return None
+    return channel_statistics(feats)
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,8 @@ class ExportPlan:
     backbone: BackboneInfo
     image_size: int
     device: torch.device
+    # Set when a new head standardises its features: loaded into it before training.
+    feature_stats: FeatureStats | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -81,8 +109,8 @@ def _scoring_head(plan: ExportPlan, state: dict[str, torch.Tensor]) -> GRADHead:
     if threshold_rule_of(plan.options) != "heldout-p99" or plan.options.init_from is not None:
         return head
     with torch.no_grad():
-        x = torch.cat([plan.held[c] for c in plan.classes]).to(plan.device)
-        p99 = mse_percentile(head.reconstruct(x), x, 99.0)
+        z = head.prepare(torch.cat([plan.held[c] for c in plan.classes]).to(plan.device))
+        p99 = mse_percentile(head.reconstruct(z), z, 99.0)
     measured = GRADHead(replace(plan.head_cfg, refine_threshold=p99)).to(plan.device)
     measured.load_state_dict(state)
     return measured.eval()
@@ -96,6 +124,7 @@ def _training_record(plan: ExportPlan, history: History, last: bool) -> dict:
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
         "jitter": plan.options.jitter,
+        "read_dropout": plan.options.read_dropout,
         "schedule": cfg.schedule,
         "step_epochs": cfg.step_epochs,
         # The split rule, so the held-out images can be rebuilt (bench.calibration).
@@ -126,6 +155,8 @@ def checkpoint_meta(
         backbone_weights_sha256=info.weights_sha256,
         taps=info.taps,
         tap_channels=info.tap_channels,
+        tap_strides=info.reductions,
+        grid_stride=info.grid_stride,
         image_size=plan.image_size,
         mean=info.mean,
         std=info.std,

@@ -34,7 +34,8 @@ def heldout_loss(head: GRADHead, feats: torch.Tensor, device: torch.device, bs: 
     total = 0.0
     for i in range(0, len(feats), bs):
         x = feats[i : i + bs].to(device)
-        total += float(reconstruction_loss(head(x), x)) * len(x)
+        z, x_hat = head.pair(x)
+        total += float(reconstruction_loss(x_hat, z)) * len(x)
     return total / len(feats)
 
 
@@ -76,7 +77,8 @@ def _epoch(
         if len(idx) < 2:  # BatchNorm cannot train on a single sample
             continue
         x = feats[idx].to(device, non_blocking=True)
-        loss = reconstruction_loss(head(x), x)
+        z, x_hat = head.pair(x)
+        loss = reconstruction_loss(x_hat, z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.clip_norm)

@@ -1,7 +1,10 @@
 """What a training run may vary besides its schedule (`TrainConfig`): the decoder, the
-refinement threshold's rule, coordinate jitter, extra exports, and a model to warm-start from.
+refinement threshold's rule, coordinate jitter, the head's detection-quality levers, extra
+exports, and a model to warm-start from.
 
-Defaults are the method's: the registry's default decoder, the energy rule, jitter on.
+Defaults are the method's: the registry's default decoder, the energy rule, jitter on, every
+lever at the spec's value (`model.net.config.HeadConfig`; the backbone's taps are a feature
+setting, `model.settings.ModelSettings`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.net.config import DEFAULT_VARIANT
+from model.net.config import DEFAULT_VARIANT, HeadConfig
 from schemas import CheckpointMeta
 
 # energy: a fraction of the training features' mean energy (the default, see grad-method.md);
@@ -26,6 +29,13 @@ class TrainOptions:
     variant: str = DEFAULT_VARIANT
     threshold_rule: str = "energy"
     jitter: bool = True
+    # Levers (HeadConfig): grid sizes, per-channel standardisation, dropout on the fused grid
+    # reads, the image score. A warm start keeps its parent's, except the dropout (training).
+    local_grid: int = HeadConfig.local_grid
+    global_grid: int = HeadConfig.global_grid
+    standardise: bool = HeadConfig.standardise
+    read_dropout: float = HeadConfig.read_dropout
+    image_score: str = HeadConfig.image_score
     # Also export the best-so-far model every K epochs (`<out>-e<epoch>`): one run then
     # measures several training lengths.
     snapshot_every: int = 0

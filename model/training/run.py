@@ -21,7 +21,13 @@ from model.inference.inspector import resolve_device
 from model.net.backbone import BackboneInfo, build_backbone
 from model.net.config import TrainConfig
 from model.net.grad import GRADHead, count_trainable
-from model.training.export import ExportPlan, export_checkpoint, head_config_for, threshold_rule_of
+from model.training.export import (
+    ExportPlan,
+    export_checkpoint,
+    feature_stats_for,
+    head_config_for,
+    threshold_rule_of,
+)
 from model.training.fit import History, fit_head, seed_everything, untrained_history
 from model.training.options import TrainOptions
 from model.training.split import split_heldout
@@ -44,7 +50,9 @@ def train(
     train_set, held_set = split_heldout(
         train_images(data, classes), cfg.heldout_fraction, cfg.heldout_min, cfg.seed
     )
-    backbone = build_backbone(settings.backbone, settings.backbone_weights).to(device)
+    backbone = build_backbone(
+        settings.backbone, settings.backbone_weights, settings.tap_strides, settings.grid_stride
+    ).to(device)
 
     def features(sets: dict[str, list[Path]], what: str) -> dict[str, torch.Tensor]:
         return {
@@ -95,8 +103,10 @@ def make_plan(
     if sorted(held_feats) != names:
         raise ValueError("train and held-out features must cover the same classes")
     options = options or TrainOptions()
+    every = torch.cat([train_feats[c] for c in names])
+    stats = feature_stats_for(every, options)
     return ExportPlan(
-        head_cfg=head_config_for(torch.cat([train_feats[c] for c in names]), cfg, options),
+        head_cfg=head_config_for(every, cfg, options, stats),
         held={c: held_feats[c] for c in names},
         train_counts={c: len(train_feats[c]) for c in names},
         cfg=cfg,
@@ -104,6 +114,7 @@ def make_plan(
         backbone=backbone_info,
         image_size=image_size,
         device=device,
+        feature_stats=stats,
     )
 
 
@@ -115,7 +126,18 @@ def _announce(head: GRADHead, plan: ExportPlan, images: int) -> None:
         f"GRAD {plan.head_cfg.variant}: {count_trainable(head) / 1e6:.2f} M trainable "
         f"parameters, {images} training and {held} held-out images over {len(plan.held)} "
         f"classes, refinement threshold {plan.head_cfg.refine_threshold:.3f} "
-        f"({threshold_rule_of(plan.options)}), {start}"
+        f"({threshold_rule_of(plan.options)}), {start}; {lever_summary(plan)}"
+    )
+
+
+def lever_summary(plan: ExportPlan) -> str:
+    """The levers this run trains with, in the words of `model.train`'s options."""
+    h, b = plan.head_cfg, plan.backbone
+    taps = "+".join(str(r) for r in b.reductions)
+    return (
+        f"taps {taps} on the stride-{b.grid_stride} grid ({h.feature_size} x {h.feature_size}), "
+        f"grids {h.local_grid}/{h.global_grid}, standardise {'on' if h.standardise else 'off'}, "
+        f"read dropout {h.read_dropout:g}, image score {h.image_score}"
     )
 
 
@@ -130,6 +152,8 @@ def fit_and_export(
     head = GRADHead(plan.head_cfg).to(device)
     if options.init_from is not None:
         head.load_state_dict(options.init_from[0], strict=True)
+    elif plan.feature_stats is not None:
+        head.set_feature_statistics(*(s.to(device) for s in plan.feature_stats))
     _announce(head, plan, len(feats))
     if cfg.epochs == 0:  # nothing to fit: the initial head as it is, calibrated
         history = untrained_history(head, held_all, device)
