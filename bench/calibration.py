@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +42,19 @@ from model.training.split import split_heldout
 
 # MAD of a normal sample times this estimates its standard deviation.
 MAD_TO_SD = 1.4826
+# The shrunk rule's prior weight: the spread pooled over the other classes counts as this many
+# of a class's own scores (degrees of freedom).
+PRIOR_DOF = 20
 
 
-def rule_production(s: np.ndarray, fpr: float) -> float:
+Others = Sequence[np.ndarray]  # the model's other classes' held-out scores (pooled rules)
+
+
+def rule_production(s: np.ndarray, fpr: float, others: Others = ()) -> float:
     return calibrate(s, fpr).threshold
 
 
-def rule_robust(s: np.ndarray, fpr: float) -> float:
+def rule_robust(s: np.ndarray, fpr: float, others: Others = ()) -> float:
     """Median and MAD of the log-scores: one outlying normal image cannot move them far."""
     logs = np.log(np.clip(s, 1e-12, None))
     centre = float(np.median(logs))
@@ -56,7 +62,7 @@ def rule_robust(s: np.ndarray, fpr: float) -> float:
     return lognormal_quantile(centre, spread, fpr)
 
 
-def rule_predictive(s: np.ndarray, fpr: float) -> float:
+def rule_predictive(s: np.ndarray, fpr: float, others: Others = ()) -> float:
     """Student-t prediction bound on the next log-score: the plug-in fit treats the sample's
     mean and sd as exact, so on a handful of scores its expected false-positive rate is well
     above the target; this one widens the bound by exactly the estimation error of both."""
@@ -67,10 +73,74 @@ def rule_predictive(s: np.ndarray, fpr: float) -> float:
     return math.exp(float(logs.mean()) + q * sd * math.sqrt(1.0 + 1.0 / n))
 
 
-RULES: dict[str, Callable[[np.ndarray, float], float]] = {
+def log_stats(s: np.ndarray) -> tuple[float, float]:
+    logs = np.log(np.clip(s, 1e-12, None))
+    return float(logs.mean()), max(float(logs.std(ddof=1)), 1e-6)
+
+
+def pooled_spread(classes: Others) -> tuple[float, int]:
+    """The spread of log-scores within a class, pooled over classes (degrees of freedom
+    weighted): in one unified model the classes' relative spreads are alike, and a spread
+    pooled over every class is far steadier than one class's sd of five scores."""
+    sums, dof = 0.0, 0
+    for s in classes:
+        if s.size >= 2:
+            sums += (s.size - 1) * log_stats(s)[1] ** 2
+            dof += s.size - 1
+    return (math.sqrt(sums / dof) if dof else 1e-6), dof
+
+
+def rule_shrunk(s: np.ndarray, fpr: float, others: Others = ()) -> float:
+    """Log-normal with the class's spread shrunk toward the spread pooled over the model's other
+    classes, as if the pool were PRIOR_DOF more of the class's own scores: five scores then
+    set the class's location (a mean is steady on five) and barely its spread. The bound is
+    for the next score, so the location's own error widens it by sqrt(1 + 1/n)."""
+    mu, sd = log_stats(s)
+    pooled, dof = pooled_spread(others)
+    w = min(dof, PRIOR_DOF)
+    spread = math.sqrt(((s.size - 1) * sd**2 + w * pooled**2) / (s.size - 1 + w))
+    return lognormal_quantile(mu, spread * math.sqrt(1.0 + 1.0 / s.size), fpr)
+
+
+def loo_residuals(s: np.ndarray) -> np.ndarray:
+    """Each log-score against the mean and sd of the class's other scores: how far a new image
+    of that class falls from statistics it was not part of (out of sample by construction)."""
+    logs = np.log(np.clip(s, 1e-12, None))
+    if logs.size < 3:
+        return np.zeros(0)
+    out = []
+    for i in range(logs.size):
+        rest = np.delete(logs, i)
+        out.append((logs[i] - rest.mean()) / max(float(rest.std(ddof=1)), 1e-6))
+    return np.asarray(out)
+
+
+def rule_pooled_tail(s: np.ndarray, fpr: float, others: Others = ()) -> float:
+    """The tail's shape pooled across classes: every class's leave-one-out standardised
+    log-scores together, their (1 - fpr) quantile taken as the class's z, on its own mean and
+    sd. A heavier tail than the log-normal's shows as a larger z for every class."""
+    pooled = np.concatenate([loo_residuals(x) for x in (*others, s)])
+    if pooled.size * fpr < 1:  # the pool cannot reach this tail: the log-normal's z
+        return rule_production(s, fpr)
+    mu, sd = log_stats(s)
+    return math.exp(mu + float(np.quantile(pooled, 1.0 - fpr)) * sd)
+
+
+def rule_max(s: np.ndarray, fpr: float, others: Others = ()) -> float:
+    """The highest held-out score: the conformal bound, a false-positive rate of at most
+    1 / (n + 1) on exchangeable scores, whatever their distribution; it is what n normals
+    can promise, and no rule can promise less without assuming a shape."""
+    return float(np.max(s))
+
+
+Rule = Callable[[np.ndarray, float, Others], float]
+RULES: dict[str, Rule] = {
     "production (mean, sd of log-scores)": rule_production,
     "robust (median, MAD of log-scores)": rule_robust,
     "predictive (Student t bound)": rule_predictive,
+    "shrunk spread (pooled over classes)": rule_shrunk,
+    "pooled tail (leave-one-out, all classes)": rule_pooled_tail,
+    "max of held-out (conformal)": rule_max,
 }
 
 
@@ -117,8 +187,9 @@ def compare(inspector: Inspector, data: Path) -> dict:
         scores, _, masks = score_items(inspector, items)
         defect = image_labels(masks)
         rows[c] = {"heldout": len(held[c]), "heldout_max": float(held[c].max())}
+        others = [held[k] for k in held if k != c]
         for name, rule in RULES.items():
-            t = rule(held[c], fpr)
+            t = rule(held[c], fpr, others)
             rows[c][name] = {
                 "threshold": t,
                 "fpr": float((scores[~defect] > t).mean()),
@@ -135,8 +206,11 @@ def sample_size_study(
     draws: int,
     fpr: float,
     seed: int = 0,
+    others: Others = (),
 ) -> dict[int, dict[str, dict[str, float]]]:
-    """Per sample size n and rule: spread over `draws` random n-subsets of the held-out scores.
+    """Per sample size n and rule: spread over `draws` random n-subsets of the held-out scores
+    (the pooled rules also see `others`, the model's other classes' held-out scores, as a
+    class being commissioned on a line would: the model's classes are known by then).
 
     Threshold is reported against the production rule on all held-out scores, so 1.00 is "as if
     the class had every image"; FPR and recall are measured on the test images `good` and
@@ -151,7 +225,7 @@ def sample_size_study(
         subsets = [rng.choice(held, size=n, replace=False) for _ in range(draws)]
         out[n] = {}
         for name, rule in RULES.items():
-            t = np.array([rule(sub, fpr) for sub in subsets])
+            t = np.array([rule(sub, fpr, others) for sub in subsets])
             f = (good[None, :] > t[:, None]).mean(axis=1)
             r = (defect[None, :] > t[:, None]).mean(axis=1)
             ratio = t / reference
@@ -167,13 +241,19 @@ def sample_size_study(
 
 
 def study(inspector: Inspector, data: Path, cls: str, sizes: list[int], draws: int) -> dict:
+    """The sample-size study of one class (sizes past its held-out count are left out), the
+    pooled rules seeing the other classes' held-out scores."""
     if cls not in inspector.meta.classes:
         raise SystemExit(f"--study {cls}: not a class of this checkpoint")
-    held = heldout_scores(inspector, data, [cls])[cls]
+    held = heldout_scores(inspector, data)
     scores, _, masks = score_items(inspector, test_items(data, [cls]))
     defect = image_labels(masks)
     fpr = inspector.meta.calibration[cls].target_fpr
-    return sample_size_study(held, scores[~defect], scores[defect], sizes, draws, fpr)
+    others = [held[k] for k in held if k != cls]
+    fit = [n for n in sizes if n <= held[cls].size] or [held[cls].size]
+    return sample_size_study(
+        held[cls], scores[~defect], scores[defect], fit, draws, fpr, others=others
+    )
 
 
 def print_study(name: str, cls: str, rows: dict[int, dict[str, dict[str, float]]]) -> None:
@@ -196,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--ckpt", type=Path, nargs="+", required=True)
     p.add_argument("--json", type=Path, help="write the comparison here")
-    p.add_argument("--study", metavar="CLASS", help="sample-size study on this class")
+    p.add_argument("--study", metavar="CLASS", nargs="+", help="sample-size study on these classes")
     p.add_argument("--sizes", type=int, nargs="+", default=[5, 8, 12, 20, 40])
     p.add_argument("--draws", type=int, default=2000)
     args = p.parse_args(argv)
@@ -204,9 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.study:
         for ckpt in args.ckpt:
             inspector = Inspector.from_checkpoint(ckpt, device="cpu")
-            rows = study(inspector, args.data, args.study, args.sizes, args.draws)
-            report[str(ckpt)] = {"study": args.study, "sizes": rows}
-            print_study(ckpt.parent.name, args.study, rows)
+            for cls in args.study:
+                rows = study(inspector, args.data, cls, args.sizes, args.draws)
+                report.setdefault(str(ckpt), {})[cls] = rows
+                print_study(ckpt.parent.name, cls, rows)
     else:
         print("| checkpoint | class | held out | rule | threshold | test FPR | test recall |")
         print("|---|---|---|---|---|---|---|")

@@ -127,6 +127,14 @@ class InspectionResult(BaseModel):
     confidence: float = Field(ge=0, le=1, description="0.5 at the threshold")
     is_anomalous: bool
     calibrated: bool
+    threshold_steady: bool = Field(
+        default=True,
+        description=(
+            "false: the threshold is provisional, the global one or a class calibration set "
+            "from fewer than 20 normal images (its false-positive rate may be several times "
+            "the target until the class is recalibrated from the line's recorded normals)"
+        ),
+    )
     heatmap_uri: str = Field(description="16-bit PNG of the anomaly map; see worker.heatmaps")
     model_version: str
     processed_at: datetime

@@ -6,7 +6,9 @@ preprocessing and scoring lives here as plain JSON, validated on load, never pic
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -18,6 +20,13 @@ DEFAULT_TARGET_FPR = 0.01
 
 # At most this many of a class's normal scores are kept with its calibration (a few KB of JSON).
 REFERENCE_POINTS = 512
+
+# A threshold set from fewer normal images than this is provisional. Measured on magnetic_tile's
+# held-out scores (`python -m bench.calibration --study`, bench/RESULTS.md "Calibration of
+# small classes"): a 1 % threshold fitted to 5 scores gave a test false-positive rate of 15 %
+# or more in one draw of ten; fitted to 20, 6 %, near the 4 % that all 114 give. One
+# definition for calibration, the results' `threshold_steady` and the review station.
+STEADY_COUNT = 20
 
 
 class ClassCalibration(BaseModel):
@@ -43,6 +52,18 @@ class ClassCalibration(BaseModel):
     # REFERENCE_POINTS), what drift is measured against (`model.metrics.drift`). Empty for a
     # calibration made before they were kept: drift then uses the log-normal it describes.
     reference: tuple[float, ...] = Field(default=(), max_length=REFERENCE_POINTS)
+    # Whether the threshold rests on enough normal images to hold near its target
+    # (n_images >= STEADY_COUNT); false: provisional, to be recalibrated from the normal
+    # images the line records (`python -m model.retrain`). Derived for calibrations made
+    # before it was stored.
+    steady: bool
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steady_from_count(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "steady" not in data and "n_images" in data:
+            return {**data, "steady": int(data["n_images"]) >= STEADY_COUNT}
+        return data
 
 
 class CheckpointMeta(BaseModel):

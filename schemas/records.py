@@ -49,6 +49,8 @@ class InspectionRecord(BaseModel):
     confidence: float = Field(ge=0, le=1)
     is_anomalous: bool
     calibrated: bool
+    # None for rows recorded before results carried it.
+    threshold_steady: bool | None = None
     model_version: str = Field(max_length=VERSION_LENGTH)
     label: Label | None = None
     labelled_by: str | None = Field(default=None, max_length=PERSON_LENGTH)
@@ -74,6 +76,7 @@ class InspectionRecord(BaseModel):
             confidence=result.confidence,
             is_anomalous=result.is_anomalous,
             calibrated=result.calibrated,
+            threshold_steady=result.threshold_steady,
             model_version=result.model_version,
             attributes=result.attributes,
             timings=result.timings,

@@ -179,6 +179,10 @@ class Inspection(Base):
     confidence: Mapped[float] = mapped_column(Double, doc="0.5 at the threshold")
     is_anomalous: Mapped[bool]
     calibrated: Mapped[bool] = mapped_column(doc="false: scored against the global threshold")
+    # None on rows recorded before results carried it.
+    threshold_steady: Mapped[bool | None] = mapped_column(
+        doc="false: a provisional threshold (global, or from fewer than 20 normal images)"
+    )
     model_version: Mapped[str] = mapped_column(String(VERSION_LENGTH))
     # Operator feedback: all four set together, or none.
     label: Mapped[str | None] = mapped_column(String(16), doc="'normal' or 'anomalous'")

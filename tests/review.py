@@ -32,6 +32,8 @@ ROWS = [
 ]
 QUEUE_ORDER = ["e-near-pass", "e-near-flag", "e-xss", "e-far-flag", "e-far-pass"]
 LABELLED = "e-done"
+# Rows judged by a provisional (False) or steady (True) threshold; the rest predate the flag.
+STEADY = {"e-near-flag": False, "e-far-flag": True}
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ def make_review_data(tmp: Path, sample_data: Path, url: str | None = None) -> Re
                 confidence=confidence,
                 is_anomalous=flagged,
                 calibrated=True,
+                threshold_steady=STEADY.get(event_id),
                 model_version="grad-0123456789abcdef",
                 attributes={"part": f"P-{i}", "operator": XSS} if event_id == "e-xss" else None,
                 timings=StageTimings(

@@ -131,7 +131,7 @@ def test_sample_size_study_measures_what_few_normal_images_cost():
     assert rows[5][prod]["fpr_mean"] > 0.02
     assert abs(rows[5][pred]["fpr_mean"] - 0.01) < 0.003
     assert rows[5][pred]["recall_mean"] < rows[5][prod]["recall_mean"]  # the price of the bound
-    for rule in rows[5]:
+    for rule in (prod, pred, "robust (median, MAD of log-scores)"):
         spread = {n: rows[n][rule]["threshold_p90"] - rows[n][rule]["threshold_p10"] for n in rows}
         assert spread[40] < 0.6 * spread[5]
     assert 0.85 < rows[40][prod]["threshold_p10"] < 1.0 < rows[40][prod]["threshold_p90"] < 1.15
@@ -176,3 +176,46 @@ def test_review_bench_times_every_page_on_the_index_it_names(tmp_path):
     } <= set(result["pages"])
     assert all(p["p50_ms"] > 0 and p["p95_ms"] >= p["p50_ms"] for p in result["pages"].values())
     assert "ix_inspections_review_queue" in result["queue_plan"]
+
+
+def test_pooled_rules_borrow_the_other_classes_spread_and_tail():
+    """A class of five scores with one outlier: the plug-in fit's threshold follows the
+    outlier, the spread shrunk toward the other classes' barely does; without other classes
+    the shrunk rule is the plug-in fit widened for the next score. A pool whose tail is heavier
+    than a log-normal's lifts the pooled-tail threshold above the plug-in one; the conformal
+    rule is the maximum."""
+    import numpy as np
+
+    from bench.calibration import (
+        rule_max,
+        rule_pooled_tail,
+        rule_production,
+        rule_shrunk,
+        sample_size_study,
+    )
+    from model.metrics.calibration import lognormal_quantile
+
+    rng = np.random.default_rng(5)
+    others = [rng.lognormal(m, 0.3, 60) for m in (1.0, 2.0, 3.0)]
+    spoilt = np.exp(np.array([0.0, 0.1, -0.1, 0.05, 1.5]))
+    assert rule_shrunk(spoilt, 0.01, others) < 0.6 * rule_production(spoilt, 0.01)
+    logs = np.log(spoilt)
+    alone = lognormal_quantile(logs.mean(), logs.std(ddof=1) * np.sqrt(1 + 1 / 5), 0.01)
+    assert rule_shrunk(spoilt, 0.01) == pytest.approx(alone)
+    heavy = [np.exp(0.3 * rng.standard_t(2, 200) + m) for m in (1.0, 2.0)]
+    clean = rng.lognormal(0.0, 0.3, 40)
+    assert rule_pooled_tail(clean, 0.01, heavy) > 1.2 * rule_production(clean, 0.01)
+    assert rule_pooled_tail(clean[:5], 0.01) == rule_production(clean[:5], 0.01)  # no pool
+    assert rule_max(clean, 0.01) == clean.max()
+    # Commissioning on five scores: borrowing the spread brings the false-positive rate
+    # near its target and steadies the threshold.
+    held, good = rng.lognormal(0.0, 0.3, 3000), rng.lognormal(0.0, 0.3, 20000)
+    defect = rng.lognormal(1.0, 0.3, 2000)
+    rows = sample_size_study(held, good, defect, [5], 1500, 0.01, seed=2, others=others)[5]
+    prod, shrunk = (
+        rows["production (mean, sd of log-scores)"],
+        rows["shrunk spread (pooled over classes)"],
+    )
+    assert prod["fpr_mean"] > 0.02 and shrunk["fpr_mean"] < 0.015
+    spread = {k: r["threshold_p90"] - r["threshold_p10"] for k, r in (("p", prod), ("s", shrunk))}
+    assert spread["s"] < 0.7 * spread["p"]

@@ -53,5 +53,21 @@ def test_report_flags_classes_calibrated_on_few_normal_images():
     lines = calibration_report({"magnetic_tile": many, "cookie": few})
     assert [line.split(":")[0] for line in lines] == ["cookie", "magnetic_tile"]
     assert "from 5 held-out normal images (lognormal)" in lines[0]
-    assert f"fewer than {STEADY_COUNT}" in lines[0]
+    assert f"provisional (fewer than {STEADY_COUNT})" in lines[0]
     assert "fewer than" not in lines[1] and "from 114 held-out" in lines[1]
+    assert not few.steady and many.steady
+
+
+def test_a_threshold_is_steady_from_steady_count_normal_images_on():
+    """The flag the results and the review station show: set at calibration, and derived for a
+    calibration stored before it existed (its JSON without the field)."""
+    from schemas import ClassCalibration
+    from schemas.model_state import STEADY_COUNT
+
+    rng = np.random.default_rng(1)
+    assert calibrate(rng.lognormal(1.0, 0.2, STEADY_COUNT)).steady
+    assert not calibrate(rng.lognormal(1.0, 0.2, STEADY_COUNT - 1)).steady
+    for n in (STEADY_COUNT - 1, STEADY_COUNT):
+        stored = calibrate(rng.lognormal(1.0, 0.2, n)).model_dump(mode="json")
+        del stored["steady"]
+        assert ClassCalibration.model_validate(stored).steady is (n >= STEADY_COUNT)

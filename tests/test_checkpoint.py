@@ -14,9 +14,11 @@ from model.inference.checkpoint import (
     to_bytes,
 )
 from model.inference.inspector import Inspector
+from model.metrics.calibration import calibrate
 from model.net.config import DEFAULT_VARIANT, TrainConfig
 from model.training.run import train
 from model.training.split import split_heldout
+from schemas.model_state import STEADY_COUNT
 
 
 def test_metadata_holds_what_scoring_needs(tiny_ckpt):
@@ -94,6 +96,12 @@ def test_unknown_class_is_scored_uncalibrated(tiny_ckpt, sample_data):
     res = insp.inspect([img, img], ["fabric", "washer"])
     known, unknown = res.verdicts
     assert known.calibrated and not unknown.calibrated
+    # The sample's few held-out normals make the class's threshold provisional; a steady
+    # calibration of the same class (an override from the line's records) makes it trusted.
+    assert not known.threshold_steady and not unknown.threshold_steady
+    steady = calibrate(np.random.default_rng(0).lognormal(1.0, 0.2, STEADY_COUNT))
+    again = insp.inspect([img, img], ["fabric", "washer"], {"fabric": steady, "washer": steady})
+    assert [v.threshold_steady for v in again.verdicts] == [True, True]
     assert unknown.threshold == insp.meta.global_calibration.threshold
     assert known.score == unknown.score
     assert res.maps.shape == (2, 224, 224) and res.maps.dtype == np.float32

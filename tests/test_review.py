@@ -189,6 +189,16 @@ def test_a_viewer_can_look_but_not_label(data) -> None:
         assert store.get("e-near-flag").label is None  # type: ignore[union-attr]
 
 
+def test_a_provisional_threshold_is_said_on_the_inspection_page(data) -> None:
+    """A reviewer judging a rejection needs to know the threshold behind it was set from few
+    normal images; rows recorded before results carried the flag say nothing either way."""
+    client = client_for(data)
+    said = "provisional threshold: set from fewer than 20 normal images"
+    assert said in client.get("/inspections/e-near-flag").text
+    assert said not in client.get("/inspections/e-far-flag").text  # steady
+    assert said not in client.get("/inspections/e-far-pass").text  # recorded before the flag
+
+
 def test_text_from_an_event_is_shown_as_text(data) -> None:
     client = client_for(data)
     escaped = "&lt;script&gt;alert(&#39;station&#39;)&lt;/script&gt;"

@@ -25,6 +25,7 @@ from model.inference.inspector import Inspector
 from model.metrics.drift import drift
 from model.stores.records import RecordStore
 from schemas import DeadLetter, InspectionEvent, InspectionResult
+from schemas.model_state import STEADY_COUNT
 from tests.streaming import committed, wait_processed
 from worker.embedded_broker import EmbeddedBroker
 from worker.feed import Received, inspection_images, make_event, producer_for, read_topics
@@ -239,6 +240,10 @@ def test_200_events_and_20_malformed(broker, industrial, sample_data, tiny_ckpt,
         assert text["event_id"] == ev.event_id and text["model_version"] == r.model_version
     calibrated = {r.product_class: r.calibrated for r in results}
     assert calibrated["fabric"] is True and calibrated["cookie"] is False
+    # The sample's classes hold out fewer than STEADY_COUNT normals: provisional thresholds,
+    # said in every result; the global fallback is never steady.
+    assert inspector.meta.calibration["fabric"].n_images < STEADY_COUNT
+    assert not any(r.threshold_steady for r in results)
     assert all(r.model_version == inspector.version for r in results)
     assert all(
         0 <= r.confidence <= 1 and r.is_anomalous == (r.score > r.threshold) for r in results
@@ -253,6 +258,7 @@ def test_200_events_and_20_malformed(broker, industrial, sample_data, tiny_ckpt,
             row = records.get(r.event_id)
             assert row is not None and row.model_version == r.model_version
             assert row.heatmap_uri == r.heatmap_uri and row.score == pytest.approx(r.score)
+            assert row.threshold_steady is r.threshold_steady is False
             if r.event_id in inline_ids:  # archived: retraining can read it back
                 assert row.image_uri.startswith(f"file://{tmp_path / 'archive'}")
                 with fsspec.open(row.image_uri, "rb") as f:

@@ -40,6 +40,14 @@ def train_model(data: Path, out: Path, epochs: int) -> Path:
     return ckpt
 
 
+def calibration_word(r: InspectionResult) -> str:
+    """yes: the class's own steady threshold; provisional: its own, from few normal images;
+    no: the model's global threshold."""
+    if not r.calibrated:
+        return "no"
+    return "yes" if r.threshold_steady else "provisional"
+
+
 def summarise(results: list[InspectionResult], truth: dict[str, bool]) -> str:
     rows = defaultdict(list)
     for r in results:
@@ -59,7 +67,7 @@ def summarise(results: list[InspectionResult], truth: dict[str, bool]) -> str:
         lines.append(
             f"{cls:<16}{len(rs):>7}{f'{caught}/{len(bad)}':>16}{f'{alarms}/{len(good)}':>14}"
             f"{np.percentile(lat, 50):>10.0f} ms{np.percentile(lat, 99):>6.0f} ms  "
-            f"{'yes' if rs[0].calibrated else 'no'}"
+            f"{calibration_word(rs[0])}"
         )
     return "\n".join(lines)
 

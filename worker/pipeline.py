@@ -330,6 +330,7 @@ class BatchProcessor:
             confidence=v.confidence,
             is_anomalous=v.is_anomalous,
             calibrated=v.calibrated,
+            threshold_steady=v.threshold_steady,
             heatmap_uri=stored[0],
             model_version=sc.version,
             processed_at=now,

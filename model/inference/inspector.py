@@ -136,6 +136,12 @@ class Verdict:
     calibrated: bool
     calibration: ClassCalibration  # what drift is measured against (worker.drift)
 
+    @property
+    def threshold_steady(self) -> bool:
+        """The class's own threshold, set from enough normal images to hold near its target;
+        false for the global fallback and for a provisional class calibration."""
+        return self.calibrated and self.calibration.steady
+
 
 @dataclass(frozen=True)
 class BatchResult:

@@ -14,17 +14,15 @@ from statistics import NormalDist
 import numpy as np
 
 from schemas import ClassCalibration
-from schemas.model_state import DEFAULT_TARGET_FPR, REFERENCE_POINTS
+from schemas.model_state import DEFAULT_TARGET_FPR, REFERENCE_POINTS, STEADY_COUNT
 
 # The empirical quantile is trusted once the tail it cuts holds at least this many scores.
 MIN_TAIL_COUNT = 10
 
-# Below this many normal scores a class's threshold is a rough estimate. Drawn from
-# magnetic_tile's held-out scores (`python -m bench.calibration --study`, bench/RESULTS.md), a
-# 1 % threshold fitted to 5 scores gave a test false-positive rate of 15 % or more in one draw
-# of ten; fitted to 20, 6 %, near the 4 % of all 114: an operator should know which kind a
-# class has.
-STEADY_COUNT = 20
+# Below STEADY_COUNT normal scores a class's threshold is provisional
+# (`schemas.model_state.STEADY_COUNT`, where the measurement behind it is): an operator, the
+# results and the review station say which kind a class has.
+__all__ = ["STEADY_COUNT", "calibrate", "calibration_report", "confidence", "lognormal_quantile"]
 
 
 def lognormal_quantile(mu: float, sigma: float, tail: float) -> float:
@@ -60,6 +58,7 @@ def calibrate(scores: np.ndarray, target_fpr: float = DEFAULT_TARGET_FPR) -> Cla
         max=float(s.max()),
         method=method,
         reference=reference_points(s),
+        steady=s.size >= STEADY_COUNT,
     )
 
 
@@ -91,10 +90,11 @@ def calibration_report(calibration: dict[str, ClassCalibration]) -> list[str]:
             f"{c}: threshold {cal.threshold:.2f} at {cal.target_fpr:.1%} false positives, "
             f"from {cal.n_images} held-out normal images ({cal.method})"
         )
-        if cal.n_images < STEADY_COUNT:
+        if not cal.steady:
             line += (
-                f"; fewer than {STEADY_COUNT}: the realised false-positive rate may be several "
-                "times the target, recalibrate once the line has recorded more normal images"
+                f"; provisional (fewer than {STEADY_COUNT}): the realised false-positive rate may "
+                "be several times the target, recalibrate once the line has recorded more "
+                "normal images (python -m model.retrain)"
             )
         lines.append(line)
     return lines

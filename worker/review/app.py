@@ -25,6 +25,7 @@ from model.core.clock import utc_now
 from model.lifecycle.window import parse_time
 from model.stores.sql import RecordStoreUnavailable
 from schemas.limits import NOTE_LENGTH
+from schemas.model_state import STEADY_COUNT
 from worker.review import queue as q
 from worker.review.accounts import authenticate
 from worker.review.class_routes import add_class_routes
@@ -219,6 +220,7 @@ def _review_routes(app: FastAPI, station: Station) -> None:
             "inspection.html",
             row=row,
             attributes=json.dumps(row.get("attributes") or {}, indent=2, ensure_ascii=False),
+            steady_count=STEADY_COUNT,
             previous=previous,
             following=following,
             query=query_of(filters),
