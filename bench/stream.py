@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from model.data.images import decode_image
 from model.inference.inspector import Inspector, ServeOptions
+from model.inference.precision import PRECISIONS
 from schemas import InspectionResult
 from worker.embedded_broker import EmbeddedBroker
 from worker.feed import feed, inspection_images, make_event, producer_for, read_topics
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--precision",
         default="fp32",
-        choices=["fp32", "bf16", "int8"],
+        choices=PRECISIONS,
         help="served only where the gate approved it in --graph-cache (model.export --precision)",
     )
     ap.add_argument("--graph-cache", type=Path, help="default: OUT/graphs")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from model.evaluation.run import evaluate, format_table
 from model.inference.inspector import Inspector, ServeOptions
+from model.inference.precision import PRECISIONS
 from model.settings import ModelSettings
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", help="cpu, cuda or auto")
     p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime", "openvino"])
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], help="gate-approved only")
+    p.add_argument("--precision", choices=PRECISIONS, help="gate-approved only")
     args = p.parse_args(argv)
     given = {k: getattr(args, k) for k in ("device", "runtime", "precision") if getattr(args, k)}
     settings = ModelSettings(**given)

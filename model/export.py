@@ -2,12 +2,13 @@
 checkpoint's whole scoring graph for an exported runtime, checked to decide as the checkpoint
 does (`model.inference.graph_export`), into a graph cache to ship with the model.
 
-`--precision int8` (or `bf16`, OpenVINO on a CPU that has it) with `--data DIR` runs the
-precision gate instead (`model.evaluation.precision_gate`): the reduced form is made (int8:
-calibrated on the checkpoint's held-out normal training images), judged against fp32 on the
-test images, approved in the graph cache when image AUROC drops by at most 0.005 and pixel
-AUROC by at most 0.01, refused otherwise (exit status 1); `--report FILE` keeps the figures as
-JSON. Serve it with `WORKER_PRECISION` / `GRAD_PRECISION` and the same graph cache.
+`--precision int8` (or `bf16`: OpenVINO, or torch, on a CPU that has it; or `fp16` / `bf16`
+for torch on a GPU, `--runtime torch --device cuda`) with `--data DIR` runs the precision gate
+instead (`model.evaluation.precision_gate`): the reduced form is made (int8: calibrated on the
+checkpoint's held-out normal training images), judged against fp32 on the test images,
+approved in the graph cache when image AUROC drops by at most 0.005 and pixel AUROC by at most
+0.01, refused otherwise (exit status 1); `--report FILE` keeps the figures as JSON. Serve it
+with `WORKER_PRECISION` / `GRAD_PRECISION` and the same graph cache.
 
 The export is made on demand by any worker anyway; this command is for an edge box that should
 not spend its first minute exporting, or a release that wants the check on its own test images
@@ -28,7 +29,7 @@ from model.data.mvtec import DatasetError
 from model.evaluation.precision_gate import GateOptions, as_json, format_report, judge
 from model.inference.checkpoint import CheckpointError
 from model.inference.graph_export import ExportError, check_set, export_verified
-from model.inference.precision import PrecisionError
+from model.inference.precision import PRECISIONS, PrecisionError
 from model.inference.quantize import SCOPES
 from model.settings import ModelSettings
 
@@ -36,11 +37,17 @@ from model.settings import ModelSettings
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.export", description=__doc__.splitlines()[0])
     p.add_argument("ckpt", type=Path, metavar="CKPT")
-    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    p.add_argument(
+        "--runtime",
+        choices=["onnxruntime", "openvino", "torch"],
+        default="onnxruntime",
+        help="torch: for the precision gate only (it needs no export)",
+    )
+    p.add_argument("--device", default="cpu", help="where the precision gate judges: cpu, cuda")
     p.add_argument("--out", type=Path, help="graph cache to write (default: GRAD_GRAPH_CACHE)")
     p.add_argument("--data", type=Path, help="MVTec-layout test images to check on")
     p.add_argument("--per-class", type=int, default=16, help="check images per class")
-    p.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--report", type=Path, help="the precision gate's figures, as JSON")
     p.add_argument("--int8-scope", choices=SCOPES, default=GateOptions.int8_scope,
                    help="which operations int8 takes (default: the head's decoder)")  # fmt: skip
@@ -52,7 +59,7 @@ def gate(args: argparse.Namespace, out: Path) -> int:
     if args.data is None:
         print("error: --precision needs --data (the images it is judged on)", file=sys.stderr)
         return 2
-    options = GateOptions(int8_scope=args.int8_scope)
+    options = GateOptions(int8_scope=args.int8_scope, device=args.device)
     report = judge(args.ckpt, args.data, args.runtime, args.precision, out, options, print)
     print(format_report(report))
     if args.report:
@@ -66,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = ModelSettings()
     out = args.out or settings.graph_cache
+    if args.runtime == "torch" and args.precision == "fp32":
+        print("error: torch serves the checkpoint itself; nothing to export", file=sys.stderr)
+        return 2
     if args.precision != "fp32":
         try:
             return gate(args, out)

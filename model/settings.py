@@ -55,7 +55,7 @@ class ModelSettings(BaseSettings):
     graph_cache: Path = Path(".cache/grad-graphs")
     # A reduced precision is served only where the precision gate approved the model in
     # `graph_cache` (`python -m model.export --precision int8 --data DIR`); else fp32.
-    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
 
     @field_validator("image_size")
     @classmethod

@@ -141,7 +141,10 @@ def test_the_decision_says_which_figure_failed():
 def test_each_runtime_computes_only_in_what_it_can():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert supported("onnxruntime", cpu) == ("fp32", "int8")
-    assert "bf16" in supported("openvino", cpu) and supported("torch", cpu) == ("fp32",)
+    assert "bf16" in supported("openvino", cpu) and supported("torch", cpu) == ("fp32", "bf16")
+    assert supported("torch", cuda) == ("fp32", "fp16", "bf16")
+    with pytest.raises(PrecisionError, match="computes in fp32, bf16, not fp16"):
+        check_supported("torch", "fp16", cpu)  # no fp16 autocast worth having on a CPU
     check_supported("openvino", "int8", cpu)
     with pytest.raises(PrecisionError, match="computes in fp32, int8, not bf16"):
         check_supported("onnxruntime", "bf16", cpu)
@@ -157,7 +160,7 @@ def test_every_program_offers_the_same_precisions():
 
     for settings in (ModelSettings, WorkerSettings):
         offered = get_args(settings.model_fields["precision"].annotation)
-        assert offered == ("fp32", "bf16", "int8"), settings.__name__
+        assert offered == ("fp32", "fp16", "bf16", "int8"), settings.__name__
         assert settings.model_fields["precision"].default == "fp32"
 
 
@@ -186,3 +189,45 @@ def test_judging_one_runtime_leaves_another_runtimes_approval(judged, tiny_ckpt,
     assert not refused.passed and not approved(cache, blob, INT8[1], "int8")
     assert approved(cache, blob, INT8[0], "int8")
     assert onnx_path(cache, blob, "int8", INT8[0]).read_bytes() == before
+
+
+# -- torch's autocast precisions -----------------------------------------------------------
+
+
+def test_torch_serves_fp32_unless_the_gate_approved_its_autocast(tiny_ckpt, sample_data, tmp_path):
+    """torch in bf16 (autocast; on a GPU also fp16) is a gated choice like the exported ones:
+    without an approval it serves fp32 with the log line, after one it serves bf16 under the
+    same version id, with scores near but not equal to fp32's. fp32 on torch is exact: no
+    autocast anywhere (the GPU used to run fp16 convolutions ungated)."""
+    from model.data.images import read_image
+    from model.inference.graph import autocast_for
+
+    assert isinstance(
+        autocast_for(torch.device("cuda"), "fp32"), type(autocast_for(torch.device("cpu")))
+    )
+    unjudged = Inspector.from_checkpoint(
+        tiny_ckpt, "cpu", serve=ServeOptions("torch", tmp_path, "bf16")
+    )
+    assert unjudged.runtime.precision == "fp32"
+    if not runtimes.cpu_has_bf16():
+        with pytest.raises(PrecisionError, match="no bf16"):
+            gate.judge(tiny_ckpt, sample_data, "torch", "bf16", tmp_path, LENIENT)
+        return
+    report = gate.judge(tiny_ckpt, sample_data, "torch", "bf16", tmp_path, LENIENT)
+    assert report.passed and set(report.speed) == {"torch fp32", "torch bf16"}
+    assert approved(tmp_path, tiny_ckpt.read_bytes(), "torch", "bf16")
+    bf16 = Inspector.from_checkpoint(
+        tiny_ckpt, "cpu", serve=ServeOptions("torch", tmp_path, "bf16")
+    )
+    fp32 = Inspector.from_checkpoint(tiny_ckpt, "cpu")
+    assert bf16.runtime.precision == "bf16" and bf16.version == fp32.version
+    images = [read_image(t.path) for t in mvtec.test_items(sample_data)[:4]]
+    a, b = fp32.inspect(images).scores, bf16.inspect(images).scores
+    assert not np.allclose(a, b, rtol=1e-4) and np.allclose(a, b, rtol=0.05)
+
+
+def test_the_export_command_refuses_torch_without_a_precision(tiny_ckpt, tmp_path, capsys):
+    from model.export import main
+
+    assert main([str(tiny_ckpt), "--runtime", "torch", "--out", str(tmp_path)]) == 2
+    assert "nothing to export" in capsys.readouterr().err

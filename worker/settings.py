@@ -94,7 +94,7 @@ class WorkerSettings(StoreSettings):
     # A reduced precision (`int8`, or `bf16` on OpenVINO) is served only for a model the
     # precision gate approved in `graph_cache` (python -m model.export --precision ...);
     # any other model in fp32, with a log line.
-    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
 
     # Shared state: Redis (`redis_url`), or in process when unset.
     # How often the state is re-read even without an announcement (a missed message).

@@ -49,6 +49,7 @@ from model.inference.quantize import quantize_int8
 from model.inference.runtimes import (
     Runtime,
     build_runtime,
+    cpu_has_bf16,
     exported_runtime,
     openvino_has_bf16,
 )
@@ -104,6 +105,9 @@ class GateOptions:
     # Which operations int8 takes (`model.inference.quantize.SCOPES`): the decoder's, measured
     # to keep every verdict where `all` (the backbone too) lost image AUROC (bench/RESULTS.md).
     int8_scope: str = "decoder"
+    # Where the model is judged: a CPU, or a GPU for torch's fp16 / bf16 (and ONNX Runtime's
+    # GPU providers), as it will be served.
+    device: str = "cpu"
 
 
 def judge(
@@ -119,7 +123,7 @@ def judge(
     and approve it or remove it; `progress` is told each step in a line."""
     say = progress or (lambda line: None)
     blob = checkpoint.read_bytes()
-    fp32 = Inspector.from_checkpoint(blob, "cpu")  # loaded once; the three runtimes share it
+    fp32 = Inspector.from_checkpoint(blob, options.device)  # once; the three runtimes share it
     check_supported(runtime, precision, fp32.device)
     torch_fp32 = fp32.runtime
     fp32.runtime = build_runtime(runtime, fp32.graph(), fp32.device, blob, cache_dir)
@@ -168,7 +172,8 @@ def make_reduced(
     quantised graph is written as a candidate beside its place in the cache and run from there:
     what a worker may load under that name changes only once the gate passed (`record`)."""
     runtime, precision = served
-    if precision == "bf16" and not openvino_has_bf16():
+    native = openvino_has_bf16() if runtime == "openvino" else cpu_has_bf16()
+    if precision == "bf16" and fp32.device.type == "cpu" and not native:
         raise PrecisionError("this CPU has no bf16 (AVX512-BF16 or AMX): nothing to judge")
     if precision != "int8":
         return build_runtime(runtime, fp32.graph(), fp32.device, blob, cache_dir, precision)

@@ -35,36 +35,51 @@ INPUT = "images"
 OUTPUTS = ("maps", "scores")
 
 
-def autocast_for(device: torch.device):
-    """Mixed precision on CUDA (fp16 convolutions); full precision on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
+# torch's autocast number formats for the reduced precisions it serves (`model.inference.
+# precision`): fp32 is the model as trained, on every device.
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def autocast_for(device: torch.device, precision: str = "fp32"):
+    """The convolutions and matrix products in `precision` (fp16 or bf16 autocast), or in full
+    precision for fp32. A reduced precision is served only where the precision gate approved
+    the model in it; training's calibration always scores in fp32."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 @torch.no_grad()
 def head_scores(
-    head: GRADHead, x: torch.Tensor, image_size: int, device: torch.device | None = None
+    head: GRADHead,
+    x: torch.Tensor,
+    image_size: int,
+    device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anomaly maps (B x S x S) and image scores (B) for backbone features x, in float32."""
+    """Anomaly maps (B x S x S) and image scores (B) for backbone features x, in float32 (the
+    head's convolutions in `precision`)."""
     device = device or x.device
-    with autocast_for(device):
+    with autocast_for(device, precision):
         z, x_hat = head.pair(x)
-    return score_features(z, x_hat, image_size, head.cfg.image_score)
+    return score_features(z.float(), x_hat.float(), image_size, head.cfg.image_score)
 
 
 class ScoringGraph(nn.Module):
-    def __init__(self, backbone: FrozenBackbone, head: GRADHead, image_size: int) -> None:
+    def __init__(
+        self, backbone: FrozenBackbone, head: GRADHead, image_size: int, precision: str = "fp32"
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.image_size = image_size
+        self.precision = precision  # torch's: fp32, or a gate-approved fp16 / bf16 autocast
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mixed precision for the convolutions on CUDA; the map and score in float32."""
-        with autocast_for(images.device):
+        """The convolutions in the graph's precision; the map and score in float32."""
+        with autocast_for(images.device, self.precision):
             x = self.backbone(images)
-        return head_scores(self.head, x.float(), self.image_size)
+        return head_scores(self.head, x.float(), self.image_size, precision=self.precision)
 
 
 def graph_key(checkpoint: bytes) -> str:

@@ -6,10 +6,12 @@ The reduced formats trade a little accuracy for speed:
 
 - `int8`: the exported graph quantised after training (`model.inference.quantize`, calibrated
   on held-out normal images only), run by ONNX Runtime or OpenVINO with their int8 kernels;
-- `bf16`: OpenVINO's bfloat16 inference on a CPU that has it (AVX512-BF16 or AMX).
+- `bf16`: OpenVINO's bfloat16 inference on a CPU that has it (AVX512-BF16 or AMX), or torch's
+  bfloat16 autocast (on a GPU, or on such a CPU);
+- `fp16`: torch's float16 autocast on a GPU (tensor cores).
 
-(On a GPU torch already runs its convolutions under fp16 autocast, as training does; making
-fp16 and bf16 gated choices there is still to come.)
+torch serves fp32 on every device unless the gate approved fp16 or bf16: a GPU line gets the
+scores the model was calibrated with until a measurement says the faster format keeps them.
 
 A reduced format changes scores, so a model is served in one only after the precision gate
 (`model.evaluation.precision_gate`, `python -m model.export --precision ...`) measured that it
@@ -29,12 +31,12 @@ import torch
 from model.core.files import atomic_write
 from model.inference.graph import graph_key
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 
 # What each runtime can compute in, by device type.
 _SUPPORTED: dict[tuple[str, str], tuple[str, ...]] = {
-    ("torch", "cpu"): ("fp32",),  # on a CPU the exported runtimes are the reduced-precision path
-    ("torch", "cuda"): ("fp32",),  # fp16 autocast convolutions already, as in training
+    ("torch", "cpu"): ("fp32", "bf16"),  # bf16 autocast: worth it only with AMX / AVX512-BF16
+    ("torch", "cuda"): ("fp32", "fp16", "bf16"),
     ("onnxruntime", "cpu"): ("fp32", "int8"),
     ("onnxruntime", "cuda"): ("fp32",),
     ("openvino", "cpu"): ("fp32", "bf16", "int8"),

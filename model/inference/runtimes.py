@@ -110,6 +110,16 @@ def openvino_has_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), for torch's bf16
+    autocast; without it bf16 would be emulated, slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return openvino_has_bf16()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def threads() -> int:
     """Intra-op threads for an exported runtime: what torch was given (the cgroup's CPUs)."""
     return torch.get_num_threads()
@@ -117,9 +127,10 @@ def threads() -> int:
 
 class TorchRuntime:
     name = "torch"
-    precision = "fp32"  # on CUDA the convolutions run under fp16 autocast, as training's do
 
-    def __init__(self, graph: ScoringGraph, device: torch.device) -> None:
+    def __init__(self, graph: ScoringGraph, device: torch.device, precision: str = "fp32") -> None:
+        self.precision = precision  # fp32, or a gate-approved fp16 / bf16 autocast
+        graph.precision = precision
         self.graph = graph.to(device).eval()
         self.device = device
         # On a GPU, channels-last: cuDNN's fp16 convolutions run on tensor cores in that layout
@@ -200,7 +211,7 @@ def build_runtime(
     absence is a FileNotFoundError."""
     check_supported(name, precision, device)
     if name == "torch":
-        return TorchRuntime(graph, device)
+        return TorchRuntime(graph, device, precision)
     path = cached_onnx(graph, checkpoint, cache_dir)
     if precision == "int8":
         path = onnx_path(cache_dir, checkpoint, "int8", name)
