@@ -91,14 +91,17 @@ class ChannelsLast(TorchRuntime):
 
 
 def gpu_runtimes(graph: ScoringGraph, workdir: Path, device: torch.device) -> dict[str, Callable]:
-    """On a GPU: torch as it serves (channels-last, fp16 autocast convolutions), torch compiled
-    with CUDA graphs (`reduce-overhead`: one launch per batch instead of one per kernel), and
-    ONNX Runtime on TensorRT or CUDA where `onnxruntime-gpu` is installed."""
+    """On a GPU: torch as it serves (channels-last; fp32, and the gated fp16 and bf16
+    autocast), torch compiled with CUDA graphs in fp16 (`reduce-overhead`: one launch per batch
+    instead of one per kernel), and ONNX Runtime on TensorRT or CUDA where `onnxruntime-gpu`
+    is installed."""
     onnx = export_onnx(graph, workdir / "graph.onnx")
     found: dict[str, Callable] = {"torch": TorchRuntime(graph, device).run}
-    compiled = TorchRuntime(copy.deepcopy(graph), device)
+    for precision in ("fp16", "bf16"):  # the gated autocast choices (speed only here)
+        found[f"torch {precision}"] = TorchRuntime(copy.deepcopy(graph), device, precision).run
+    compiled = TorchRuntime(copy.deepcopy(graph), device, "fp16")
     compiled.graph = torch.compile(compiled.graph, mode="reduce-overhead", dynamic=False)
-    found["torch-compiled"] = compiled.run
+    found["torch-compiled fp16"] = compiled.run
     if installed("onnxruntime") and gpu_providers():
         found["onnxruntime " + gpu_providers()[0]] = OnnxRuntime(
             onnx, "fp32", onnx_providers(device, workdir)
