@@ -240,12 +240,18 @@ def sample_size_study(
     return out
 
 
-def study(inspector: Inspector, data: Path, cls: str, sizes: list[int], draws: int) -> dict:
+def study(
+    inspector: Inspector,
+    data: Path,
+    held: dict[str, np.ndarray],
+    cls: str,
+    sizes: list[int],
+    draws: int,
+) -> dict:
     """The sample-size study of one class (sizes past its held-out count are left out), the
-    pooled rules seeing the other classes' held-out scores."""
+    pooled rules seeing the other classes' held-out scores (`held`: every class's)."""
     if cls not in inspector.meta.classes:
         raise SystemExit(f"--study {cls}: not a class of this checkpoint")
-    held = heldout_scores(inspector, data)
     scores, _, masks = score_items(inspector, test_items(data, [cls]))
     defect = image_labels(masks)
     fpr = inspector.meta.calibration[cls].target_fpr
@@ -284,8 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.study:
         for ckpt in args.ckpt:
             inspector = Inspector.from_checkpoint(ckpt, device="cpu")
+            held = heldout_scores(inspector, args.data)  # once: every study pools them all
             for cls in args.study:
-                rows = study(inspector, args.data, cls, args.sizes, args.draws)
+                rows = study(inspector, args.data, held, cls, args.sizes, args.draws)
                 report.setdefault(str(ckpt), {})[cls] = rows
                 print_study(ckpt.parent.name, cls, rows)
     else:

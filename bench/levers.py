@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.runtimes import flops_per_image
+from bench.seeds import pick
 from bench.throughput import measure
 from model.evaluation.run import evaluate
-from model.inference.checkpoint import load_checkpoint
+from model.inference.checkpoint import load_checkpoint, read_meta
 from model.inference.inspector import Inspector
 from model.net.config import TrainConfig
 from model.settings import ModelSettings
@@ -138,8 +139,9 @@ def run_one(arm: Arm, seed: int, args: argparse.Namespace) -> dict:
     ckpt = train_arm(arm, seed, args)
     inspector = Inspector.from_checkpoint(ckpt, args.device)
     report = evaluate(inspector, args.data, ckpt.parent / "eval")
-    weights = ARMS["baseline"] if arm.rescore else arm  # whose training made the weights
-    training = load_checkpoint(train_arm(weights, seed, args))[1].training
+    training = inspector.meta.training
+    if arm.rescore:  # the weights, and so their training time, are the baseline's
+        training = read_meta(train_arm(ARMS["baseline"], seed, args)).training
     cost = {
         "train_seconds": training.get("train_seconds"),
         "images_per_s": measure(inspector.backbone, inspector.head, 1, inspector.device, 5.0),
@@ -164,15 +166,6 @@ COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("magnetic_tile FPR at threshold", ("classes", "magnetic_tile", "fpr_at_threshold")),
     ("mean recall at threshold", ("mean", "recall_at_threshold")),
 )
-
-
-def pick(summary: dict, path: tuple[str, ...]) -> float:
-    node: object = summary
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return math.nan
-        node = node[key]
-    return float(node) if node is not None else math.nan  # type: ignore[arg-type]
 
 
 def cell(values: list[float], digits: int = 3) -> str:

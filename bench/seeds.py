@@ -49,13 +49,13 @@ def parse_group(arg: str) -> Group:
 
 
 def pick(report: dict, path: tuple[str, ...]) -> float:
-    """A figure from a report, NaN where that run has no such class or defect type."""
+    """A figure from a report, NaN where that run has no such class, defect type or figure."""
     node = report
     for key in path:
         if not isinstance(node, dict) or key not in node:
             return math.nan
         node = node[key]
-    return float(node)
+    return math.nan if node is None else float(node)
 
 
 def summarise(values: list[float]) -> str:

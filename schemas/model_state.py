@@ -6,9 +6,7 @@ preprocessing and scoring lives here as plain JSON, validated on load, never pic
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 SCHEMA_VERSION = 1
 
@@ -52,18 +50,14 @@ class ClassCalibration(BaseModel):
     # REFERENCE_POINTS), what drift is measured against (`model.metrics.drift`). Empty for a
     # calibration made before they were kept: drift then uses the log-normal it describes.
     reference: tuple[float, ...] = Field(default=(), max_length=REFERENCE_POINTS)
-    # Whether the threshold rests on enough normal images to hold near its target
-    # (n_images >= STEADY_COUNT); false: provisional, to be recalibrated from the normal
-    # images the line records (`python -m model.retrain`). Derived for calibrations made
-    # before it was stored.
-    steady: bool
 
-    @model_validator(mode="before")
-    @classmethod
-    def _steady_from_count(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "steady" not in data and "n_images" in data:
-            return {**data, "steady": int(data["n_images"]) >= STEADY_COUNT}
-        return data
+    @computed_field  # written with the calibration, so its readers see it; never stored apart
+    @property
+    def steady(self) -> bool:
+        """Whether the threshold rests on enough normal images to hold near its target;
+        false: provisional, to be recalibrated from the normal images the line records
+        (`python -m model.retrain`)."""
+        return self.n_images >= STEADY_COUNT
 
 
 class CheckpointMeta(BaseModel):

@@ -62,7 +62,7 @@ def head_scores(
     device = device or x.device
     with autocast_for(device, precision):
         z, x_hat = head.pair(x)
-    return score_features(z.float(), x_hat.float(), image_size, head.cfg.image_score)
+    return score_features(z, x_hat, image_size, head.cfg.image_score)
 
 
 class ScoringGraph(nn.Module):

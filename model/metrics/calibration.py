@@ -19,10 +19,8 @@ from schemas.model_state import DEFAULT_TARGET_FPR, REFERENCE_POINTS, STEADY_COU
 # The empirical quantile is trusted once the tail it cuts holds at least this many scores.
 MIN_TAIL_COUNT = 10
 
-# Below STEADY_COUNT normal scores a class's threshold is provisional
-# (`schemas.model_state.STEADY_COUNT`, where the measurement behind it is): an operator, the
-# results and the review station say which kind a class has.
-__all__ = ["STEADY_COUNT", "calibrate", "calibration_report", "confidence", "lognormal_quantile"]
+# Below STEADY_COUNT normal scores a class's threshold is provisional (`ClassCalibration.steady`;
+# the measurement behind the count is beside it in `schemas.model_state`).
 
 
 def lognormal_quantile(mu: float, sigma: float, tail: float) -> float:
@@ -58,7 +56,6 @@ def calibrate(scores: np.ndarray, target_fpr: float = DEFAULT_TARGET_FPR) -> Cla
         max=float(s.max()),
         method=method,
         reference=reference_points(s),
-        steady=s.size >= STEADY_COUNT,
     )
 
 

@@ -129,6 +129,7 @@ class FrozenBackbone(nn.Module):
         net.prune_intermediate_layers(list(info.taps), prune_norm=False, prune_head=True)
         self.net = net
         self.info = info
+        self.grid_tap = info.reductions.index(info.grid_stride)  # whose side the grid takes
         self.register_buffer("mean", torch.tensor(info.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(info.std).view(1, 3, 1, 1), persistent=False)
         for p in self.parameters():
@@ -146,8 +147,7 @@ class FrozenBackbone(nn.Module):
         feats = self.net.forward_intermediates(
             images, indices=list(self.info.taps), intermediates_only=True, stop_early=True
         )
-        grid = self.info.reductions.index(self.info.grid_stride)
-        size = tuple(feats[grid].shape[-2:])
+        size = tuple(feats[self.grid_tap].shape[-2:])
         return torch.cat([to_grid(f, size) for f in feats], dim=1)
 
 
