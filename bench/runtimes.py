@@ -133,8 +133,14 @@ def reduced_runtimes(onnx: Path, workdir: Path) -> dict[str, Callable]:
     calibration = [rng.integers(0, 255, (4, 3, SIZE, SIZE), dtype=np.uint8) for _ in range(2)]
     int8 = quantize_int8(onnx, calibration, workdir / "graph-int8.onnx")
     found["onnxruntime int8"] = OnnxRuntime(int8, "int8").run
+    nncf = None
+    if installed("nncf"):  # OpenVINO's own quantiser, the same scope (the decoder)
+        nncf = quantize_int8(onnx, calibration, workdir / "graph-int8-nncf.onnx", tool="nncf")
+        found["onnxruntime int8 (nncf)"] = OnnxRuntime(nncf, "int8").run
     if installed("openvino"):
         found["openvino int8"] = OpenVinoRuntime(int8, workdir, "int8").run
+        if nncf is not None:
+            found["openvino int8 (nncf)"] = OpenVinoRuntime(nncf, workdir, "int8").run
         if openvino_has_bf16():
             found["openvino bf16"] = OpenVinoRuntime(onnx, workdir, "bf16").run
     return found

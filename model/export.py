@@ -30,7 +30,7 @@ from model.evaluation.precision_gate import GateOptions, as_json, format_report,
 from model.inference.checkpoint import CheckpointError
 from model.inference.graph_export import ExportError, check_set, export_verified
 from model.inference.precision import PRECISIONS, PrecisionError
-from model.inference.quantize import SCOPES
+from model.inference.quantize import SCOPES, TOOLS
 from model.settings import ModelSettings
 
 
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="the precision gate's figures, as JSON")
     p.add_argument("--int8-scope", choices=SCOPES, default=GateOptions.int8_scope,
                    help="which operations int8 takes (default: the head's decoder)")  # fmt: skip
+    p.add_argument("--int8-tool", choices=("auto", *TOOLS), default=GateOptions.int8_tool,
+                   help="which quantiser makes the int8 graph (auto: the runtime's own, "
+                   "NNCF for OpenVINO)")  # fmt: skip
     return p
 
 
@@ -59,7 +62,7 @@ def gate(args: argparse.Namespace, out: Path) -> int:
     if args.data is None:
         print("error: --precision needs --data (the images it is judged on)", file=sys.stderr)
         return 2
-    options = GateOptions(int8_scope=args.int8_scope, device=args.device)
+    options = GateOptions(int8_scope=args.int8_scope, int8_tool=args.int8_tool, device=args.device)
     report = judge(args.ckpt, args.data, args.runtime, args.precision, out, options, print)
     print(format_report(report))
     if args.report:

@@ -231,3 +231,43 @@ def test_the_export_command_refuses_torch_without_a_precision(tiny_ckpt, tmp_pat
 
     assert main([str(tiny_ckpt), "--runtime", "torch", "--out", str(tmp_path)]) == 2
     assert "nothing to export" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    not (runtimes.installed("openvino") and runtimes.installed("nncf")),
+    reason="OpenVINO and NNCF (the runtimes extra) not installed",
+)
+def test_nncf_quantises_the_decoder_only_and_openvino_serves_it(tiny_ckpt, sample_data, tmp_path):
+    """OpenVINO's own quantiser, its default (`auto`), judged like the other: its graph holds
+    int8 pairs on the decoder's convolutions and none on the backbone's (the scope is
+    honoured), the report says which tool made it, and the approved graph is served with
+    scores close to fp32's. ONNX Runtime keeps its own tool."""
+    import onnx
+
+    from model.inference.quantize import own_tool
+
+    assert (own_tool("openvino"), own_tool("onnxruntime")) == ("nncf", "onnxruntime")
+    options = gate.GateOptions(LENIENT.limits, 0.05, 1)  # int8_tool "auto"
+    report = gate.judge(tiny_ckpt, sample_data, "openvino", "int8", tmp_path, options)
+    assert report.passed and report.quantiser == "decoder, nncf"
+    assert "decoder, nncf" in gate.format_report(report)
+    blob = tiny_ckpt.read_bytes()
+    graph = onnx.load(str(onnx_path(tmp_path, blob, "int8", "openvino"))).graph
+    consumers = {i for n in graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    quantised = {
+        n.name for n in graph.node if n.op_type == "Conv" and any(i in consumers for i in n.input)
+    }
+    assert quantised and all(n.startswith("/head/decoder/") for n in quantised)
+    int8 = Inspector.from_checkpoint(
+        tiny_ckpt, "cpu", serve=ServeOptions("openvino", tmp_path, "int8")
+    )
+    fp32 = Inspector.from_checkpoint(tiny_ckpt, "cpu")
+    from model.data.images import read_image
+
+    images = [read_image(t.path) for t in mvtec.test_items(sample_data)[:4]]
+    a, b = fp32.inspect(images).scores, int8.inspect(images).scores
+    assert not np.array_equal(a, b) and np.allclose(a, b, rtol=0.2)
+    with pytest.raises(ValueError, match="unknown int8 tool"):
+        from model.inference.quantize import quantize_int8
+
+        quantize_int8(tmp_path / "x.onnx", [], tmp_path / "y.onnx", tool="other")

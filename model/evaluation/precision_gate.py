@@ -45,7 +45,7 @@ from model.inference.precision import (
     check_supported,
     write_approval,
 )
-from model.inference.quantize import quantize_int8
+from model.inference.quantize import own_tool, quantize_int8
 from model.inference.runtimes import (
     Runtime,
     build_runtime,
@@ -89,6 +89,7 @@ class GateReport:
     speed: dict[str, dict[int, float]] = field(default_factory=dict)  # name -> batch -> img/s
     passed: bool = False
     problems: list[str] = field(default_factory=list)
+    quantiser: str = ""  # int8 only: "scope, tool" (`GateOptions.int8_scope`, `int8_tool`)
 
     def mean(self, which: dict[str, ClassQuality], metric: str) -> float:
         return float(np.mean([getattr(q, metric) for q in which.values()]))
@@ -105,6 +106,9 @@ class GateOptions:
     # Which operations int8 takes (`model.inference.quantize.SCOPES`): the decoder's, measured
     # to keep every verdict where `all` (the backbone too) lost image AUROC (bench/RESULTS.md).
     int8_scope: str = "decoder"
+    # Which quantiser makes it (`model.inference.quantize.TOOLS`), or "auto": the runtime's
+    # own (`own_tool`: NNCF for OpenVINO, ONNX Runtime's for ONNX Runtime).
+    int8_tool: str = "auto"
     # Where the model is judged: a CPU, or a GPU for torch's fp16 / bf16 (and ONNX Runtime's
     # GPU providers), as it will be served.
     device: str = "cpu"
@@ -142,6 +146,8 @@ def judge(
     }
     size = fp32.meta.image_size
     report.speed = measure_speed(runs, size, options.seconds, options.turns, say)
+    if precision == "int8":
+        report.quantiser = f"{options.int8_scope}, {int8_tool(options, runtime)}"
     decide(report)
     record(report, blob, cache_dir)
     return report
@@ -178,14 +184,20 @@ def make_reduced(
     if precision != "int8":
         return build_runtime(runtime, fp32.graph(), fp32.device, blob, cache_dir, precision)
     source = cached_onnx(fp32.graph(), blob, cache_dir)
+    tool = int8_tool(options, runtime)
     say(
-        f"quantising to int8 ({options.int8_scope}), calibrated on {len(calibration)} "
+        f"quantising to int8 ({options.int8_scope}, {tool}), calibrated on "
+        f"{len(calibration)} "
         "held-out normal images"
     )
     candidate = _candidate(cache_dir, blob, runtime)
-    quantize_int8(source, _batches(calibration, fp32.meta.image_size), candidate,
-                  options.int8_scope)  # fmt: skip
+    batches = _batches(calibration, fp32.meta.image_size)
+    quantize_int8(source, batches, candidate, options.int8_scope, tool)
     return exported_runtime(runtime, candidate, fp32.device, cache_dir, "int8")
+
+
+def int8_tool(options: GateOptions, runtime: str) -> str:
+    return own_tool(runtime) if options.int8_tool == "auto" else options.int8_tool
 
 
 def _candidate(cache_dir: Path, blob: bytes, runtime: str) -> Path:
@@ -299,6 +311,7 @@ def as_json(report: GateReport) -> dict:
         "precision": report.precision,
         "data": report.data,
         "calibration_images": report.calibration_images,
+        "quantiser": report.quantiser,
         "limits": vars(report.limits),
         "quality": quality,
         "mean_image_auroc_drop": report.drop("image_auroc"),
@@ -314,8 +327,9 @@ def format_report(report: GateReport) -> str:
     """A table a person reads: per class before and after, speed, the verdict."""
     p = report.precision
     lines = [
-        f"{report.version} in {p} on {report.runtime} (calibrated on "
-        f"{report.calibration_images} held-out normal images), against fp32:",
+        f"{report.version} in {p} on {report.runtime} "
+        + (f"(int8: {report.quantiser}; " if report.quantiser else "(")
+        + f"calibrated on {report.calibration_images} held-out normal images), against fp32:",
         f"{'class':<16}{'images':>7}  image AUROC fp32 -> {p}   pixel AUROC fp32 -> {p}   flagged",
     ]
     for c, a in report.fp32.items():

@@ -1,11 +1,15 @@
-"""Post-training int8 quantisation of an exported scoring graph, with ONNX Runtime's own tool.
+"""Post-training int8 quantisation of an exported scoring graph, with a runtime's own tool.
 
-The result is an ONNX graph in QDQ form (QuantizeLinear / DequantizeLinear pairs around each
-convolution and matrix product): ONNX Runtime runs it with its int8 kernels and OpenVINO reads
-the same pairs as its own int8 operations, so one file serves both. Weights are int8 per output
-channel (symmetric); activations uint8 per tensor, their ranges calibrated on the images given,
-which must be held-out normal images only: a defect in the calibration set would widen a range
-to fit it, and test images must never shape the model that is judged on them.
+Two tools (`TOOLS`): ONNX Runtime's `quantize_static` (`onnxruntime`), and OpenVINO's NNCF
+(`nncf`, its ONNX backend), which places the pairs where OpenVINO's CPU plugin fuses them into
+its int8 kernels and corrects each quantised layer's bias for the shift int8 puts in its mean
+output. Either way the result is an ONNX graph in QDQ form (QuantizeLinear / DequantizeLinear
+pairs around each convolution and matrix product): ONNX Runtime runs it with its int8 kernels
+and OpenVINO reads the same pairs as its own int8 operations, so one file serves both. Weights
+are int8 per output channel (symmetric); activations uint8 per tensor (ONNX Runtime's tool) or
+int8 symmetric (NNCF), their ranges calibrated on the images given, which must be held-out
+normal images only: a defect in the calibration set would widen a range to fit it, and test
+images must never shape the model that is judged on them.
 
 What stays in float32: the normalisation of the uint8 input, the grid reads (bilinear sampling
 at learned coordinates), the refinement, and the anomaly map and image score, so the int8 error
@@ -19,6 +23,7 @@ model may be served this way.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -43,6 +48,17 @@ class _Batches:
 
 
 SCOPES = ("all", "decoder", "pointwise")
+TOOLS = ("onnxruntime", "nncf")
+OWN_TOOL = {"onnxruntime": "onnxruntime", "openvino": "nncf"}
+
+
+def own_tool(runtime: str) -> str:
+    """The runtime's own quantiser (NNCF for OpenVINO: measured faster under OpenVINO than
+    ONNX Runtime's placement, bench/RESULTS.md "int8"), ONNX Runtime's where NNCF is absent."""
+    from importlib.util import find_spec
+
+    tool = OWN_TOOL.get(runtime, "onnxruntime")
+    return tool if tool != "nncf" or find_spec("nncf") is not None else "onnxruntime"
 
 
 def quantised_nodes(path: Path, scope: str) -> list[str]:
@@ -66,10 +82,26 @@ def quantised_nodes(path: Path, scope: str) -> list[str]:
 
 
 def quantize_int8(
-    fp32: Path, calibration: Iterable[np.ndarray], out: Path, scope: str = "decoder"
+    fp32: Path,
+    calibration: Iterable[np.ndarray],
+    out: Path,
+    scope: str = "decoder",
+    tool: str = "onnxruntime",
 ) -> Path:
-    """Write the int8 (QDQ) form of the fp32 graph `fp32` to `out`, its activation ranges taken
-    from the uint8 batches in `calibration`. Atomic: `out` is whole or absent."""
+    """Write the int8 (QDQ) form of the fp32 graph `fp32` to `out` with `tool`, its activation
+    ranges taken from the uint8 batches in `calibration`. Atomic: `out` is whole or absent."""
+    if tool not in TOOLS:
+        raise ValueError(f"unknown int8 tool {tool!r}; choose one of {TOOLS}")
+    if tool == "nncf":
+        return _quantize_nncf(fp32, calibration, out, scope)
+    return _quantize_onnxruntime(fp32, calibration, out, scope)
+
+
+def _quantize_onnxruntime(
+    fp32: Path, calibration: Iterable[np.ndarray], out: Path, scope: str
+) -> Path:
+    """ONNX Runtime's static quantisation (after its pre-processing): weights per channel,
+    activations uint8 per tensor, only `scope`'s nodes."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -102,4 +134,38 @@ def quantize_int8(
             )
 
         atomic_write(out, write)
+    return out
+
+
+def _quantize_nncf(fp32: Path, calibration: Iterable[np.ndarray], out: Path, scope: str) -> Path:
+    """NNCF's post-training quantisation (ONNX backend, OpenVINO's CPU placement rules,
+    symmetric int8 activations, fast bias correction). It places quantisers on activations of
+    any operation it may, so everything outside the decoder is named in its ignored scope, and
+    the decoder's convolutions that `scope` leaves out (its squeeze-excitation and last one)
+    too; it reads every calibration batch (its subset_size counts batches)."""
+    import nncf
+    import onnx
+
+    nncf.set_log_level(logging.WARNING)  # it narrates every quantiser it places at INFO
+    model = onnx.load(str(fp32))
+    keep = set(quantised_nodes(fp32, scope))
+    if scope == "all":
+        ignored = []
+    else:
+        ignored = [
+            n.name
+            for n in model.graph.node
+            if not n.name.startswith("/head/decoder/")
+            or (n.op_type in QUANTISED_OPS and n.name not in keep)
+        ]
+    batches = [{INPUT: b} for b in calibration]
+    quantised = nncf.quantize(
+        model,
+        nncf.Dataset(batches),
+        preset=nncf.QuantizationPreset.PERFORMANCE,
+        target_device=nncf.TargetDevice.CPU,
+        subset_size=max(1, len(batches)),
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+    )
+    atomic_write(out, lambda tmp: onnx.save(quantised, str(tmp)))
     return out
