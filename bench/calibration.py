@@ -19,6 +19,14 @@ fits every rule to each, and reports how the test false-positive rate and recall
 draws: how many normal images a class needs before its threshold can be trusted, and which rule
 does best with few. Diagnostic only: production calibration is
 `model.metrics.calibration.calibrate`.
+
+Out of sample. The held-out images come from the same capture as the training images; a line's
+later images do not, so a rule judged on held-out scores alone is optimistic. Every class's
+test normals ("good") stand in for the later images here, and a rule may lean on the *other*
+classes' held-out, training and later scores, never on the class's own later ones: each class
+is commissioned as if it were new to a model that has seen the others (leave one class out).
+`--shift` prints, per class, how far the held-out scores sit from the training images' (scored
+in sample) and the later normals sit from the held-out, in units of the held-out spread.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ import argparse
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 from scipy.stats import t as student_t
@@ -45,16 +55,45 @@ MAD_TO_SD = 1.4826
 # The shrunk rule's prior weight: the spread pooled over the other classes counts as this many
 # of a class's own scores (degrees of freedom).
 PRIOR_DOF = 20
+# A class's later normals inform the pooled margin only when there are at least this many.
+MIN_LATER = 10
 
 
-Others = Sequence[np.ndarray]  # the model's other classes' held-out scores (pooled rules)
+def _empty() -> np.ndarray:
+    return np.zeros(0)
 
 
-def rule_production(s: np.ndarray, fpr: float, others: Others = ()) -> float:
+@dataclass(frozen=True)
+class ClassScores:
+    """One class's normal scores: held out (calibration), its training images scored in sample
+    by the model they trained, and later normal images (the test set's good ones)."""
+
+    held: np.ndarray
+    train: np.ndarray = field(default_factory=_empty)
+    later: np.ndarray = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a class being commissioned can lean on besides its own held-out scores: its own
+    training images' scores, and the model's other classes (never its own later images)."""
+
+    others: Sequence[ClassScores] = ()
+    own_train: np.ndarray = field(default_factory=_empty)
+
+    @property
+    def others_held(self) -> list[np.ndarray]:
+        return [o.held for o in self.others]
+
+
+NONE = Context()
+
+
+def rule_production(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
     return calibrate(s, fpr).threshold
 
 
-def rule_robust(s: np.ndarray, fpr: float, others: Others = ()) -> float:
+def rule_robust(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
     """Median and MAD of the log-scores: one outlying normal image cannot move them far."""
     logs = np.log(np.clip(s, 1e-12, None))
     centre = float(np.median(logs))
@@ -62,7 +101,7 @@ def rule_robust(s: np.ndarray, fpr: float, others: Others = ()) -> float:
     return lognormal_quantile(centre, spread, fpr)
 
 
-def rule_predictive(s: np.ndarray, fpr: float, others: Others = ()) -> float:
+def rule_predictive(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
     """Student-t prediction bound on the next log-score: the plug-in fit treats the sample's
     mean and sd as exact, so on a handful of scores its expected false-positive rate is well
     above the target; this one widens the bound by exactly the estimation error of both."""
@@ -78,7 +117,7 @@ def log_stats(s: np.ndarray) -> tuple[float, float]:
     return float(logs.mean()), max(float(logs.std(ddof=1)), 1e-6)
 
 
-def pooled_spread(classes: Others) -> tuple[float, int]:
+def pooled_spread(classes: Sequence[np.ndarray]) -> tuple[float, int]:
     """The spread of log-scores within a class, pooled over classes (degrees of freedom
     weighted): in one unified model the classes' relative spreads are alike, and a spread
     pooled over every class is far steadier than one class's sd of five scores."""
@@ -90,13 +129,13 @@ def pooled_spread(classes: Others) -> tuple[float, int]:
     return (math.sqrt(sums / dof) if dof else 1e-6), dof
 
 
-def rule_shrunk(s: np.ndarray, fpr: float, others: Others = ()) -> float:
+def rule_shrunk(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
     """Log-normal with the class's spread shrunk toward the spread pooled over the model's other
     classes, as if the pool were PRIOR_DOF more of the class's own scores: five scores then
     set the class's location (a mean is steady on five) and barely its spread. The bound is
     for the next score, so the location's own error widens it by sqrt(1 + 1/n)."""
     mu, sd = log_stats(s)
-    pooled, dof = pooled_spread(others)
+    pooled, dof = pooled_spread(ctx.others_held)
     w = min(dof, PRIOR_DOF)
     spread = math.sqrt(((s.size - 1) * sd**2 + w * pooled**2) / (s.size - 1 + w))
     return lognormal_quantile(mu, spread * math.sqrt(1.0 + 1.0 / s.size), fpr)
@@ -115,25 +154,98 @@ def loo_residuals(s: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
-def rule_pooled_tail(s: np.ndarray, fpr: float, others: Others = ()) -> float:
+def rule_pooled_tail(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
     """The tail's shape pooled across classes: every class's leave-one-out standardised
     log-scores together, their (1 - fpr) quantile taken as the class's z, on its own mean and
     sd. A heavier tail than the log-normal's shows as a larger z for every class."""
-    pooled = np.concatenate([loo_residuals(x) for x in (*others, s)])
+    pooled = np.concatenate([loo_residuals(x) for x in (*ctx.others_held, s)])
     if pooled.size * fpr < 1:  # the pool cannot reach this tail: the log-normal's z
         return rule_production(s, fpr)
     mu, sd = log_stats(s)
     return math.exp(mu + float(np.quantile(pooled, 1.0 - fpr)) * sd)
 
 
-def rule_max(s: np.ndarray, fpr: float, others: Others = ()) -> float:
+def rule_max(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
     """The highest held-out score: the conformal bound, a false-positive rate of at most
     1 / (n + 1) on exchangeable scores, whatever their distribution; it is what n normals
     can promise, and no rule can promise less without assuming a shape."""
     return float(np.max(s))
 
 
-Rule = Callable[[np.ndarray, float, Others], float]
+def drift_of(base: np.ndarray, later: np.ndarray) -> tuple[float, float]:
+    """Where `later`'s log-scores sit against `base`'s: the shift of the mean in units of
+    `base`'s spread, and the ratio of the spreads."""
+    mb, sb = log_stats(base)
+    ml, sl = log_stats(later)
+    return (ml - mb) / sb, sl / sb
+
+
+def pooled_drift(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], minimum: int
+) -> tuple[float, float] | None:
+    """`drift_of` pooled over classes, each weighted by the smaller of its two samples (the
+    ratio geometrically); None when no class has `minimum` scores on both sides."""
+    kept = [(b, x) for b, x in pairs if min(b.size, x.size) >= max(minimum, 2)]
+    rows = [(*drift_of(b, x), min(b.size, x.size)) for b, x in kept]
+    if not rows:
+        return None
+    w = np.array([r[2] for r in rows], dtype=np.float64)
+    shift = float(np.average([r[0] for r in rows], weights=w))
+    ratio = math.exp(float(np.average(np.log([r[1] for r in rows]), weights=w)))
+    return shift, ratio
+
+
+def _z(fpr: float) -> float:
+    return NormalDist().inv_cdf(1.0 - fpr)
+
+
+def own_spread(s: np.ndarray, ctx: Context) -> float | None:
+    """The class's spread of log-scores read off its own training images (many, where the
+    held-out sliver is a handful), widened by how much wider held-out scores were than
+    in-sample ones on the other classes; None without enough training scores."""
+    if ctx.own_train.size < 3:
+        return None
+    widening = pooled_drift([(o.train, o.held) for o in ctx.others], 3)
+    return log_stats(ctx.own_train)[1] * (widening[1] if widening else 1.0)
+
+
+def rule_train_spread(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
+    """Location from the class's held-out scores (a mean is steady on five), spread from its
+    own training images (`own_spread`), the bound for the next score (sqrt(1 + 1/n)). Unlike
+    the shrunk rule it borrows no other class's spread, only how in-sample scores relate to
+    held-out ones, which is a property of the model rather than of a product."""
+    spread = own_spread(s, ctx)
+    if spread is None:
+        return rule_production(s, fpr)
+    return lognormal_quantile(log_stats(s)[0], spread * math.sqrt(1.0 + 1.0 / s.size), fpr)
+
+
+def later_margin(ctx: Context) -> tuple[float, float] | None:
+    """How the other classes' later normals sat against their held-out ones (shift in
+    held-out spreads, widening): the capture-to-line margin a held-out fit misses."""
+    return pooled_drift([(o.held, o.later) for o in ctx.others], MIN_LATER)
+
+
+def rule_margin(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
+    """The production fit moved by the held-out-to-later margin measured on the other
+    classes: mu + sd (shift + z * widening)."""
+    margin = later_margin(ctx)
+    if margin is None:
+        return rule_production(s, fpr)
+    mu, sd = log_stats(s)
+    return math.exp(mu + sd * (margin[0] + _z(fpr) * margin[1]))
+
+
+def rule_train_spread_margin(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
+    """Both: the class's own training spread and the other classes' later margin."""
+    spread, margin = own_spread(s, ctx), later_margin(ctx)
+    if spread is None or margin is None:
+        return rule_train_spread(s, fpr, ctx) if margin is None else rule_margin(s, fpr, ctx)
+    sd = spread * math.sqrt(1.0 + 1.0 / s.size)
+    return math.exp(log_stats(s)[0] + sd * (margin[0] + _z(fpr) * margin[1]))
+
+
+Rule = Callable[[np.ndarray, float, Context], float]
 RULES: dict[str, Rule] = {
     "production (mean, sd of log-scores)": rule_production,
     "robust (median, MAD of log-scores)": rule_robust,
@@ -141,7 +253,41 @@ RULES: dict[str, Rule] = {
     "shrunk spread (pooled over classes)": rule_shrunk,
     "pooled tail (leave-one-out, all classes)": rule_pooled_tail,
     "max of held-out (conformal)": rule_max,
+    "own training spread": rule_train_spread,
+    "later margin (other classes)": rule_margin,
+    "own training spread + later margin": rule_train_spread_margin,
 }
+
+
+Split = tuple[dict[str, list[Path]], dict[str, list[Path]]]
+
+
+def rebuild_split(inspector: Inspector, data: Path) -> Split:
+    """The (train, held-out) split the checkpoint was trained with, from its recorded seed;
+    refused when the held-out counts differ from the checkpoint's (other data or split)."""
+    meta = inspector.meta
+    d = TrainConfig()  # checkpoints from before the split rule was recorded used its defaults
+    train, held = split_heldout(
+        train_images(data, list(meta.classes)),
+        float(meta.training.get("heldout_fraction", d.heldout_fraction)),
+        int(meta.training.get("heldout_min", d.heldout_min)),
+        int(meta.training["seed"]),
+    )
+    for c in meta.classes:
+        if len(held[c]) != meta.heldout_images[c]:
+            raise SystemExit(
+                f"{c}: {len(held[c])} held-out images, the checkpoint says "
+                f"{meta.heldout_images[c]}: trained with another split or data"
+            )
+    return train, held
+
+
+def score_paths(inspector: Inspector, paths: list[Path], cls: str) -> np.ndarray:
+    chunks = [paths[i : i + 32] for i in range(0, len(paths), 32)]
+    return np.concatenate(
+        [np.zeros(0)]
+        + [inspector.inspect([read_image(p) for p in ch], [cls] * len(ch)).scores for ch in chunks]
+    )
 
 
 def heldout_scores(
@@ -149,53 +295,80 @@ def heldout_scores(
 ) -> dict[str, np.ndarray]:
     """Held-out normal scores of `classes` (default all), from the split the checkpoint was
     trained with."""
-    meta = inspector.meta
-    d = TrainConfig()  # checkpoints from before the split rule was recorded used its defaults
-    _, held = split_heldout(
-        train_images(data, list(meta.classes)),
-        float(meta.training.get("heldout_fraction", d.heldout_fraction)),
-        int(meta.training.get("heldout_min", d.heldout_min)),
-        int(meta.training["seed"]),
-    )
-    out = {}
-    for c in classes or meta.classes:
-        if len(held[c]) != meta.heldout_images[c]:
-            raise SystemExit(
-                f"{c}: {len(held[c])} held-out images, the checkpoint says "
-                f"{meta.heldout_images[c]}: trained with another split or data"
-            )
-        chunks = [held[c][i : i + 32] for i in range(0, len(held[c]), 32)]
-        out[c] = np.concatenate(
-            [inspector.inspect([read_image(p) for p in ch], [c] * len(ch)).scores for ch in chunks]
+    _, held = rebuild_split(inspector, data)
+    return {c: score_paths(inspector, held[c], c) for c in classes or inspector.meta.classes}
+
+
+def scored_classes(
+    inspector: Inspector, data: Path
+) -> tuple[dict[str, ClassScores], dict[str, np.ndarray]]:
+    """Every class's normal scores (held out, training in sample, later: the test set's good
+    images) and its test defects' scores. Each image is scored once per checkpoint."""
+    train, held = rebuild_split(inspector, data)
+    scores, defects = {}, {}
+    for c in inspector.meta.classes:
+        test, _, masks = score_items(inspector, test_items(data, [c]))
+        defect = image_labels(masks)
+        scores[c] = ClassScores(
+            score_paths(inspector, held[c], c), score_paths(inspector, train[c], c), test[~defect]
         )
-    return out
+        defects[c] = test[defect]
+    return scores, defects
 
 
-def compare(inspector: Inspector, data: Path) -> dict:
-    held = heldout_scores(inspector, data)
+def context_for(cls: str, scores: dict[str, ClassScores]) -> Context:
+    """Leave one class out: the class's own training scores, every other class in full."""
+    return Context([v for k, v in scores.items() if k != cls], scores[cls].train)
+
+
+def compare(
+    inspector: Inspector,
+    data: Path,
+    scored: tuple[dict[str, ClassScores], dict[str, np.ndarray]] | None = None,
+) -> dict:
+    """Every rule fitted to each class's held-out scores, judged on its later normals and
+    defects; refused unless production reproduces the stored thresholds."""
+    scores, defects = scored or scored_classes(inspector, data)
     rows: dict = {}
     for c in inspector.meta.classes:
         stored = inspector.meta.calibration[c]
-        fpr = stored.target_fpr
-        reproduced = rule_production(held[c], fpr)
+        fpr, held = stored.target_fpr, scores[c].held
+        reproduced = rule_production(held, fpr)
         if not math.isclose(reproduced, stored.threshold, rel_tol=1e-3):
             raise SystemExit(
                 f"{c}: held-out scores give threshold {reproduced:.3f}, the checkpoint holds "
                 f"{stored.threshold:.3f}: not the split or scoring training used"
             )
-        items = test_items(data, [c])
-        scores, _, masks = score_items(inspector, items)
-        defect = image_labels(masks)
-        rows[c] = {"heldout": len(held[c]), "heldout_max": float(held[c].max())}
-        others = [held[k] for k in held if k != c]
+        rows[c] = {"heldout": len(held), "heldout_max": float(held.max())}
+        ctx = context_for(c, scores)
         for name, rule in RULES.items():
-            t = rule(held[c], fpr, others)
+            t = rule(held, fpr, ctx)
             rows[c][name] = {
                 "threshold": t,
-                "fpr": float((scores[~defect] > t).mean()),
-                "recall": float((scores[defect] > t).mean()),
+                "fpr": float((scores[c].later > t).mean()) if scores[c].later.size else math.nan,
+                "recall": float((defects[c] > t).mean()) if defects[c].size else math.nan,
             }
     return rows
+
+
+def shift_table(scores: dict[str, ClassScores], fpr: dict[str, float]) -> list[str]:
+    """Per class: held-out against training (in sample) and later against held-out, in
+    held-out spreads, and the production threshold's false-positive rate on the later ones."""
+    lines = [
+        "| class | train / held out / later | held out vs train: shift, sd ratio "
+        "| later vs held out: shift, sd ratio | later above production threshold |",
+        "|---|---|---|---|---|",
+    ]
+    for c, v in scores.items():
+        ht = drift_of(v.train, v.held) if min(v.train.size, v.held.size) >= 2 else (math.nan,) * 2
+        lh = drift_of(v.held, v.later) if min(v.held.size, v.later.size) >= 2 else (math.nan,) * 2
+        t = rule_production(v.held, fpr[c])
+        above = float((v.later > t).mean()) if v.later.size else math.nan
+        lines.append(
+            f"| {c} | {v.train.size} / {v.held.size} / {v.later.size} | {ht[0]:+.2f}, {ht[1]:.2f} "
+            f"| {lh[0]:+.2f}, {lh[1]:.2f} | {above:.3f} |"
+        )
+    return lines
 
 
 def sample_size_study(
@@ -206,11 +379,12 @@ def sample_size_study(
     draws: int,
     fpr: float,
     seed: int = 0,
-    others: Others = (),
+    ctx: Context = NONE,
 ) -> dict[int, dict[str, dict[str, float]]]:
     """Per sample size n and rule: spread over `draws` random n-subsets of the held-out scores
-    (the pooled rules also see `others`, the model's other classes' held-out scores, as a
-    class being commissioned on a line would: the model's classes are known by then).
+    (the pooled rules also see `ctx`: the model's other classes, as a class being commissioned
+    on a line would, since the model's classes are known by then, and the class's own training
+    scores, drawn in the proportion the split gives them to n held-out images).
 
     Threshold is reported against the production rule on all held-out scores, so 1.00 is "as if
     the class had every image"; FPR and recall are measured on the test images `good` and
@@ -218,14 +392,19 @@ def sample_size_study(
     """
     rng = np.random.default_rng(seed)
     reference = rule_production(held, fpr)
+    own = ctx.own_train
     out: dict[int, dict[str, dict[str, float]]] = {}
     for n in sizes:
         if not 2 <= n <= held.size:
             raise ValueError(f"sample size {n} outside 2..{held.size} held-out scores")
-        subsets = [rng.choice(held, size=n, replace=False) for _ in range(draws)]
+        m = min(own.size, max(3, round(n * own.size / held.size))) if own.size else 0
+        subsets = [
+            (rng.choice(held, size=n, replace=False), rng.choice(own, size=m, replace=False))
+            for _ in range(draws)
+        ]
         out[n] = {}
         for name, rule in RULES.items():
-            t = np.array([rule(sub, fpr, others) for sub in subsets])
+            t = np.array([rule(sub, fpr, Context(ctx.others, tr)) for sub, tr in subsets])
             f = (good[None, :] > t[:, None]).mean(axis=1)
             r = (defect[None, :] > t[:, None]).mean(axis=1)
             ratio = t / reference
@@ -242,23 +421,21 @@ def sample_size_study(
 
 def study(
     inspector: Inspector,
-    data: Path,
-    held: dict[str, np.ndarray],
+    scored: tuple[dict[str, ClassScores], dict[str, np.ndarray]],
     cls: str,
     sizes: list[int],
     draws: int,
 ) -> dict:
     """The sample-size study of one class (sizes past its held-out count are left out), the
-    pooled rules seeing the other classes' held-out scores (`held`: every class's)."""
+    pooled rules seeing the other classes in full and the class's own training scores."""
     if cls not in inspector.meta.classes:
         raise SystemExit(f"--study {cls}: not a class of this checkpoint")
-    scores, _, masks = score_items(inspector, test_items(data, [cls]))
-    defect = image_labels(masks)
+    scores, defects = scored
+    v = scores[cls]
     fpr = inspector.meta.calibration[cls].target_fpr
-    others = [held[k] for k in held if k != cls]
-    fit = [n for n in sizes if n <= held[cls].size] or [held[cls].size]
+    fit = [n for n in sizes if n <= v.held.size] or [v.held.size]
     return sample_size_study(
-        held[cls], scores[~defect], scores[defect], fit, draws, fpr, others=others
+        v.held, v.later, defects[cls], fit, draws, fpr, ctx=context_for(cls, scores)
     )
 
 
@@ -275,6 +452,30 @@ def print_study(name: str, cls: str, rows: dict[int, dict[str, dict[str, float]]
             )
 
 
+def across(compared: dict[str, dict]) -> list[str]:
+    """Each rule over every checkpoint compared: per class, the test false-positive rate and
+    recall at its threshold, mean and range (a rule is judged over models, not on one)."""
+    classes = sorted({c for rows in compared.values() for c in rows})
+    head = " | ".join(f"{c} FPR / recall" for c in classes)
+    lines = [
+        f"\nrules over {len(compared)} checkpoint(s): mean (min–max)",
+        f"| rule | {head} |",
+        "|---|" + "---|" * len(classes),
+    ]
+    for name in RULES:
+        cells = []
+        for c in classes:
+            got = [rows[c][name] for rows in compared.values() if c in rows]
+            f, r = (np.array([g[k] for g in got]) for k in ("fpr", "recall"))
+            cells.append(f"{_spread(f)} / {_spread(r)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _spread(v: np.ndarray) -> str:
+    return f"{v.mean():.3f}" if v.size == 1 else f"{v.mean():.3f} ({v.min():.3f}–{v.max():.3f})"
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m bench.calibration", description=__doc__.split("\n")[0]
@@ -287,27 +488,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--draws", type=int, default=2000)
     args = p.parse_args(argv)
     report: dict = {}
-    if args.study:
-        for ckpt in args.ckpt:
-            inspector = Inspector.from_checkpoint(ckpt, device="cpu")
-            held = heldout_scores(inspector, args.data)  # once: every study pools them all
-            for cls in args.study:
-                rows = study(inspector, args.data, held, cls, args.sizes, args.draws)
-                report.setdefault(str(ckpt), {})[cls] = rows
-                print_study(ckpt.parent.name, cls, rows)
-    else:
-        print("| checkpoint | class | held out | rule | threshold | test FPR | test recall |")
+    for ckpt in args.ckpt:
+        inspector = Inspector.from_checkpoint(ckpt, device="cpu")
+        scored = scored_classes(inspector, args.data)  # once: every rule and study reads them
+        fpr = {c: cal.target_fpr for c, cal in inspector.meta.calibration.items()}
+        print(f"\n{ckpt.parent.name}: where held-out and later normals sit")
+        print("\n".join(shift_table(scored[0], fpr)))
+        rows = compare(inspector, args.data, scored)
+        report[str(ckpt)] = {"compare": rows, "study": {}}
+        print("\n| checkpoint | class | held out | rule | threshold | test FPR | test recall |")
         print("|---|---|---|---|---|---|---|")
-        for ckpt in args.ckpt:
-            inspector = Inspector.from_checkpoint(ckpt, device="cpu")
-            rows = report[str(ckpt)] = compare(inspector, args.data)
-            for c, r in rows.items():
-                for name in RULES:
-                    m = r[name]
-                    print(
-                        f"| {ckpt.parent.name} | {c} | {r['heldout']} | {name} | "
-                        f"{m['threshold']:.2f} | {m['fpr']:.3f} | {m['recall']:.3f} |"
-                    )
+        for c, r in rows.items():
+            for name in RULES:
+                m = r[name]
+                print(
+                    f"| {ckpt.parent.name} | {c} | {r['heldout']} | {name} | "
+                    f"{m['threshold']:.2f} | {m['fpr']:.3f} | {m['recall']:.3f} |"
+                )
+        for cls in args.study or []:
+            report[str(ckpt)]["study"][cls] = study(inspector, scored, cls, args.sizes, args.draws)
+            print_study(ckpt.parent.name, cls, report[str(ckpt)]["study"][cls])
+    print("\n".join(across({k: v["compare"] for k, v in report.items()})))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

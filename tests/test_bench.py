@@ -187,6 +187,8 @@ def test_pooled_rules_borrow_the_other_classes_spread_and_tail():
     import numpy as np
 
     from bench.calibration import (
+        ClassScores,
+        Context,
         rule_max,
         rule_pooled_tail,
         rule_production,
@@ -195,14 +197,17 @@ def test_pooled_rules_borrow_the_other_classes_spread_and_tail():
     )
     from model.metrics.calibration import lognormal_quantile
 
+    def pool(held: list[np.ndarray]) -> Context:
+        return Context([ClassScores(h) for h in held])
+
     rng = np.random.default_rng(5)
-    others = [rng.lognormal(m, 0.3, 60) for m in (1.0, 2.0, 3.0)]
+    others = pool([rng.lognormal(m, 0.3, 60) for m in (1.0, 2.0, 3.0)])
     spoilt = np.exp(np.array([0.0, 0.1, -0.1, 0.05, 1.5]))
     assert rule_shrunk(spoilt, 0.01, others) < 0.6 * rule_production(spoilt, 0.01)
     logs = np.log(spoilt)
     alone = lognormal_quantile(logs.mean(), logs.std(ddof=1) * np.sqrt(1 + 1 / 5), 0.01)
     assert rule_shrunk(spoilt, 0.01) == pytest.approx(alone)
-    heavy = [np.exp(0.3 * rng.standard_t(2, 200) + m) for m in (1.0, 2.0)]
+    heavy = pool([np.exp(0.3 * rng.standard_t(2, 200) + m) for m in (1.0, 2.0)])
     clean = rng.lognormal(0.0, 0.3, 40)
     assert rule_pooled_tail(clean, 0.01, heavy) > 1.2 * rule_production(clean, 0.01)
     assert rule_pooled_tail(clean[:5], 0.01) == rule_production(clean[:5], 0.01)  # no pool
@@ -211,7 +216,7 @@ def test_pooled_rules_borrow_the_other_classes_spread_and_tail():
     # near its target and steadies the threshold.
     held, good = rng.lognormal(0.0, 0.3, 3000), rng.lognormal(0.0, 0.3, 20000)
     defect = rng.lognormal(1.0, 0.3, 2000)
-    rows = sample_size_study(held, good, defect, [5], 1500, 0.01, seed=2, others=others)[5]
+    rows = sample_size_study(held, good, defect, [5], 1500, 0.01, seed=2, ctx=others)[5]
     prod, shrunk = (
         rows["production (mean, sd of log-scores)"],
         rows["shrunk spread (pooled over classes)"],
@@ -219,3 +224,82 @@ def test_pooled_rules_borrow_the_other_classes_spread_and_tail():
     assert prod["fpr_mean"] > 0.02 and shrunk["fpr_mean"] < 0.015
     spread = {k: r["threshold_p90"] - r["threshold_p10"] for k, r in (("p", prod), ("s", shrunk))}
     assert spread["s"] < 0.7 * spread["p"]
+
+
+def test_out_of_sample_rules_read_the_class_own_spread_and_the_other_classes_margin():
+    """Commissioning where later normals sit higher than the held-out capture (shift 1 sd,
+    spread x1.2) on every class: the production fit on the held-out scores alone overshoots its
+    1 % target several-fold on the later images, the margin rule learnt on the *other* classes
+    lands near it. A class whose spread is a quarter of the others' keeps its own with the
+    training-spread rule (the shrunk rule borrows the others' and overshoots the threshold,
+    as it did on cookie). Five held-out scores: the training spread steadies the threshold."""
+    import numpy as np
+
+    from bench.calibration import (
+        ClassScores,
+        Context,
+        drift_of,
+        pooled_drift,
+        rule_margin,
+        rule_production,
+        rule_shrunk,
+        rule_train_spread,
+        sample_size_study,
+    )
+
+    rng = np.random.default_rng(11)
+
+    def cls(mu: float, sd: float, n_held: int) -> ClassScores:
+        # in-sample training scores sit lower and tighter than held-out ones (x0.8 spread)
+        return ClassScores(
+            held=rng.lognormal(mu, sd, n_held),
+            train=rng.lognormal(mu - 0.3 * sd, 0.8 * sd, 4 * n_held),
+            later=rng.lognormal(mu + sd, 1.2 * sd, 400),
+        )
+
+    others = [cls(m, 0.4, 200) for m in (1.0, 2.0)]
+    shift, ratio = drift_of(others[0].held, others[0].later)
+    assert shift == pytest.approx(1.0, abs=0.2) and ratio == pytest.approx(1.2, abs=0.15)
+    assert pooled_drift([(o.held, o.later) for o in others], 10) == pytest.approx(
+        (1.0, 1.2), abs=0.2
+    )
+    assert pooled_drift([(o.held, o.later[:5]) for o in others], 10) is None  # too few later
+    new = cls(0.0, 0.4, 200)
+    ctx = Context(others, new.train)
+    fpr_of = {
+        name: float((new.later > rule(new.held, 0.01, ctx)).mean())
+        for name, rule in (("production", rule_production), ("margin", rule_margin))
+    }
+    assert fpr_of["production"] > 0.05
+    assert fpr_of["margin"] < 0.025
+    assert rule_margin(new.held, 0.01) == rule_production(new.held, 0.01)  # nothing to learn from
+    # A tight class among wide ones: its own training spread, not the others'.
+    tight = cls(0.0, 0.1, 40)
+    tight_ctx = Context(others, tight.train)
+    own = rule_train_spread(tight.held[:5], 0.01, tight_ctx)
+    borrowed = rule_shrunk(tight.held[:5], 0.01, tight_ctx)
+    reference = rule_production(tight.held, 0.01)
+    assert abs(np.log(own / reference)) < abs(np.log(borrowed / reference))
+    assert rule_train_spread(tight.held[:5], 0.01) == rule_production(tight.held[:5], 0.01)
+    rows = sample_size_study(
+        tight.held, tight.later, tight.later * 3, [5], 800, 0.01, seed=4, ctx=tight_ctx
+    )[5]
+    prod, trained = rows["production (mean, sd of log-scores)"], rows["own training spread"]
+    width = {k: r["threshold_p90"] - r["threshold_p10"] for k, r in (("p", prod), ("t", trained))}
+    assert width["t"] < 0.6 * width["p"]
+
+
+def test_rules_are_summarised_over_checkpoints_per_class():
+    """A rule is judged over several models: the summary shows each class's false-positive
+    rate and recall as the mean with the range, one row per rule."""
+    from bench.calibration import RULES, across
+
+    def rows(fpr: float, recall: float) -> dict:
+        return {"mt": {name: {"fpr": fpr, "recall": recall, "threshold": 1.0} for name in RULES}}
+
+    lines = across({"a": rows(0.01, 0.5), "b": rows(0.03, 0.7)})
+    assert lines[1] == "| rule | mt FPR / recall |"
+    first = lines[3]
+    assert first.startswith(f"| {next(iter(RULES))} |")
+    assert "0.020 (0.010–0.030) / 0.600 (0.500–0.700)" in first
+    assert len(lines) == 3 + len(RULES)
