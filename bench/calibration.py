@@ -4,7 +4,9 @@
         --ckpt runs/lite0-40s30-seed1/model.safetensors runs/lite1-40s30-seed2/model.safetensors
 
     python -m bench.calibration --data ../shared/data/industrial --ckpt runs/q/model.safetensors \
-        --study magnetic_tile --sizes 5 8 12 20 40 --draws 2000
+        --study magnetic_tile --sizes 5 8 12 20 40 --draws 2000 --save-scores bench/calibration
+
+    python -m bench.calibration --scores bench/calibration/*.json    # again, without scoring
 
 A class with few normal images (cookie: 31, so 5 held out) gets its threshold from a log-normal
 fitted to five scores, and one unusual normal image among them moves it a long way. This
@@ -25,8 +27,11 @@ later images do not, so a rule judged on held-out scores alone is optimistic. Ev
 test normals ("good") stand in for the later images here, and a rule may lean on the *other*
 classes' held-out, training and later scores, never on the class's own later ones: each class
 is commissioned as if it were new to a model that has seen the others (leave one class out).
-`--shift` prints, per class, how far the held-out scores sit from the training images' (scored
-in sample) and the later normals sit from the held-out, in units of the held-out spread.
+Each run first prints, per class, how far the held-out scores sit from the training images'
+(scored in sample) and the later normals from the held-out, in units of the held-out spread,
+and ends with every rule over all the checkpoints given. `--save-scores` keeps each
+checkpoint's scores as JSON (committed under `bench/calibration/`: checkpoints do not outlive
+a session here, and a new rule is then judged on every model already scored).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -87,6 +92,49 @@ class Context:
 
 
 NONE = Context()
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One checkpoint's scores, everything the rules are judged on: per class its normal
+    scores, its test defects' scores and the stored calibration (threshold, target rate).
+    Saved as JSON (`save_scored`), so rules can be compared again without the checkpoint."""
+
+    name: str
+    classes: dict[str, ClassScores]
+    defects: dict[str, np.ndarray]
+    stored: dict[str, tuple[float, float]]
+
+
+def save_scored(scored: Scored, path: Path) -> None:
+    doc = {
+        "name": scored.name,
+        "classes": {
+            c: {
+                "held": v.held.tolist(),
+                "train": v.train.tolist(),
+                "later": v.later.tolist(),
+                "defect": scored.defects[c].tolist(),
+                "threshold": scored.stored[c][0],
+                "target_fpr": scored.stored[c][1],
+            }
+            for c, v in scored.classes.items()
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc) + "\n")
+
+
+def load_scored(path: Path) -> Scored:
+    doc = json.loads(path.read_text())
+    cls = doc["classes"]
+    arr = np.asarray
+    return Scored(
+        doc["name"],
+        {c: ClassScores(arr(v["held"]), arr(v["train"]), arr(v["later"])) for c, v in cls.items()},
+        {c: arr(v["defect"]) for c, v in cls.items()},
+        {c: (float(v["threshold"]), float(v["target_fpr"])) for c, v in cls.items()},
+    )
 
 
 def rule_production(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
@@ -299,9 +347,7 @@ def heldout_scores(
     return {c: score_paths(inspector, held[c], c) for c in classes or inspector.meta.classes}
 
 
-def scored_classes(
-    inspector: Inspector, data: Path
-) -> tuple[dict[str, ClassScores], dict[str, np.ndarray]]:
+def scored_classes(inspector: Inspector, data: Path, name: str = "") -> Scored:
     """Every class's normal scores (held out, training in sample, later: the test set's good
     images) and its test defects' scores. Each image is scored once per checkpoint."""
     train, held = rebuild_split(inspector, data)
@@ -313,7 +359,8 @@ def scored_classes(
             score_paths(inspector, held[c], c), score_paths(inspector, train[c], c), test[~defect]
         )
         defects[c] = test[defect]
-    return scores, defects
+    stored = {c: (k.threshold, k.target_fpr) for c, k in inspector.meta.calibration.items()}
+    return Scored(name or inspector.version, scores, defects, stored)
 
 
 def context_for(cls: str, scores: dict[str, ClassScores]) -> Context:
@@ -321,31 +368,27 @@ def context_for(cls: str, scores: dict[str, ClassScores]) -> Context:
     return Context([v for k, v in scores.items() if k != cls], scores[cls].train)
 
 
-def compare(
-    inspector: Inspector,
-    data: Path,
-    scored: tuple[dict[str, ClassScores], dict[str, np.ndarray]] | None = None,
-) -> dict:
+def compare(scored: Scored) -> dict:
     """Every rule fitted to each class's held-out scores, judged on its later normals and
-    defects; refused unless production reproduces the stored thresholds."""
-    scores, defects = scored or scored_classes(inspector, data)
+    defects; refused unless production reproduces the stored thresholds (so the split and the
+    scores are the ones training calibrated on)."""
+    scores, defects = scored.classes, scored.defects
     rows: dict = {}
-    for c in inspector.meta.classes:
-        stored = inspector.meta.calibration[c]
-        fpr, held = stored.target_fpr, scores[c].held
-        reproduced = rule_production(held, fpr)
-        if not math.isclose(reproduced, stored.threshold, rel_tol=1e-3):
+    for c, v in scores.items():
+        threshold, fpr = scored.stored[c]
+        reproduced = rule_production(v.held, fpr)
+        if not math.isclose(reproduced, threshold, rel_tol=1e-3):
             raise SystemExit(
                 f"{c}: held-out scores give threshold {reproduced:.3f}, the checkpoint holds "
-                f"{stored.threshold:.3f}: not the split or scoring training used"
+                f"{threshold:.3f}: not the split or scoring training used"
             )
-        rows[c] = {"heldout": len(held), "heldout_max": float(held.max())}
+        rows[c] = {"heldout": len(v.held), "heldout_max": float(v.held.max())}
         ctx = context_for(c, scores)
         for name, rule in RULES.items():
-            t = rule(held, fpr, ctx)
+            t = rule(v.held, fpr, ctx)
             rows[c][name] = {
                 "threshold": t,
-                "fpr": float((scores[c].later > t).mean()) if scores[c].later.size else math.nan,
+                "fpr": float((v.later > t).mean()) if v.later.size else math.nan,
                 "recall": float((defects[c] > t).mean()) if defects[c].size else math.nan,
             }
     return rows
@@ -419,24 +462,16 @@ def sample_size_study(
     return out
 
 
-def study(
-    inspector: Inspector,
-    scored: tuple[dict[str, ClassScores], dict[str, np.ndarray]],
-    cls: str,
-    sizes: list[int],
-    draws: int,
-) -> dict:
+def study(scored: Scored, cls: str, sizes: list[int], draws: int) -> dict:
     """The sample-size study of one class (sizes past its held-out count are left out), the
     pooled rules seeing the other classes in full and the class's own training scores."""
-    if cls not in inspector.meta.classes:
-        raise SystemExit(f"--study {cls}: not a class of this checkpoint")
-    scores, defects = scored
-    v = scores[cls]
-    fpr = inspector.meta.calibration[cls].target_fpr
+    if cls not in scored.classes:
+        raise SystemExit(f"--study {cls}: not a class of {scored.name}")
+    v = scored.classes[cls]
+    fpr = scored.stored[cls][1]
     fit = [n for n in sizes if n <= v.held.size] or [v.held.size]
-    return sample_size_study(
-        v.held, v.later, defects[cls], fit, draws, fpr, ctx=context_for(cls, scores)
-    )
+    ctx = context_for(cls, scored.classes)
+    return sample_size_study(v.held, v.later, scored.defects[cls], fit, draws, fpr, ctx=ctx)
 
 
 def print_study(name: str, cls: str, rows: dict[int, dict[str, dict[str, float]]]) -> None:
@@ -476,38 +511,53 @@ def _spread(v: np.ndarray) -> str:
     return f"{v.mean():.3f}" if v.size == 1 else f"{v.mean():.3f} ({v.min():.3f}–{v.max():.3f})"
 
 
+def sources(args: argparse.Namespace) -> Iterator[Scored]:
+    """Each checkpoint scored (its scores saved when asked), or each saved file read."""
+    for path in args.scores or []:
+        yield load_scored(path)
+    for ckpt in args.ckpt or []:
+        name = f"{ckpt.parent.parent.name}-{ckpt.parent.name}"  # runs/levers/ARM/seed-N
+        scored = scored_classes(Inspector.from_checkpoint(ckpt, device="cpu"), args.data, name)
+        if args.save_scores:
+            save_scored(scored, args.save_scores / f"{name}.json")
+        yield scored
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="python -m bench.calibration", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--ckpt", type=Path, nargs="+", required=True)
+    p.add_argument("--data", type=Path, help="the checkpoints' data set (with --ckpt)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", type=Path, nargs="+", help="checkpoints to score")
+    src.add_argument("--scores", type=Path, nargs="+", help="scores saved by --save-scores")
+    p.add_argument("--save-scores", type=Path, metavar="DIR", help="keep each one's scores here")
     p.add_argument("--json", type=Path, help="write the comparison here")
     p.add_argument("--study", metavar="CLASS", nargs="+", help="sample-size study on these classes")
     p.add_argument("--sizes", type=int, nargs="+", default=[5, 8, 12, 20, 40])
     p.add_argument("--draws", type=int, default=2000)
     args = p.parse_args(argv)
+    if args.ckpt and args.data is None:
+        p.error("--ckpt needs --data")
     report: dict = {}
-    for ckpt in args.ckpt:
-        inspector = Inspector.from_checkpoint(ckpt, device="cpu")
-        scored = scored_classes(inspector, args.data)  # once: every rule and study reads them
-        fpr = {c: cal.target_fpr for c, cal in inspector.meta.calibration.items()}
-        print(f"\n{ckpt.parent.name}: where held-out and later normals sit")
-        print("\n".join(shift_table(scored[0], fpr)))
-        rows = compare(inspector, args.data, scored)
-        report[str(ckpt)] = {"compare": rows, "study": {}}
+    for scored in sources(args):
+        fpr = {c: f for c, (_, f) in scored.stored.items()}
+        print(f"\n{scored.name}: where held-out and later normals sit")
+        print("\n".join(shift_table(scored.classes, fpr)))
+        rows = compare(scored)
+        report[scored.name] = {"compare": rows, "study": {}}
         print("\n| checkpoint | class | held out | rule | threshold | test FPR | test recall |")
         print("|---|---|---|---|---|---|---|")
         for c, r in rows.items():
             for name in RULES:
                 m = r[name]
                 print(
-                    f"| {ckpt.parent.name} | {c} | {r['heldout']} | {name} | "
+                    f"| {scored.name} | {c} | {r['heldout']} | {name} | "
                     f"{m['threshold']:.2f} | {m['fpr']:.3f} | {m['recall']:.3f} |"
                 )
         for cls in args.study or []:
-            report[str(ckpt)]["study"][cls] = study(inspector, scored, cls, args.sizes, args.draws)
-            print_study(ckpt.parent.name, cls, report[str(ckpt)]["study"][cls])
+            report[scored.name]["study"][cls] = study(scored, cls, args.sizes, args.draws)
+            print_study(scored.name, cls, report[scored.name]["study"][cls])
     print("\n".join(across({k: v["compare"] for k, v in report.items()})))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -86,27 +86,46 @@ def test_seed_comparison_averages_each_configuration_over_its_own_runs(tmp_path)
         parse_group("just-a-glob")
 
 
-def test_calibration_bench_rebuilds_the_training_split_and_compares_rules(tiny_ckpt, sample_data):
+def test_calibration_bench_rebuilds_the_training_split_and_compares_rules(
+    tiny_ckpt, sample_data, tmp_path
+):
     """The comparison is only worth reading if its held-out scores are the ones training
-    calibrated on: compare() refuses otherwise, so reaching the rows proves the rebuild."""
+    calibrated on: compare() refuses otherwise, so reaching the rows proves the rebuild. Saved
+    scores compare the same without the checkpoint."""
     import numpy as np
 
-    from bench.calibration import RULES, compare, heldout_scores, rule_production, rule_robust
+    from bench.calibration import (
+        RULES,
+        compare,
+        heldout_scores,
+        load_scored,
+        main,
+        rule_production,
+        rule_robust,
+        save_scored,
+        scored_classes,
+    )
     from model.inference.inspector import Inspector
 
     inspector = Inspector.from_checkpoint(tiny_ckpt, device="cpu")
-    rows = compare(inspector, sample_data)
+    scored = scored_classes(inspector, sample_data)
+    rows = compare(scored)
     assert set(rows) == set(inspector.meta.classes)
     one = inspector.meta.classes[0]
     assert list(heldout_scores(inspector, sample_data, [one])) == [one]  # the study's one class
     for c, r in rows.items():
         assert r["heldout"] == inspector.meta.heldout_images[c]
+        assert scored.classes[c].train.size == inspector.meta.train_images[c]
         prod = r[next(iter(RULES))]
         assert (
             abs(prod["threshold"] - inspector.meta.calibration[c].threshold)
             < 1e-2 * prod["threshold"]
         )
         assert 0.0 <= prod["fpr"] <= 1.0 and 0.0 <= prod["recall"] <= 1.0
+    save_scored(scored, tmp_path / "s.json")
+    assert compare(load_scored(tmp_path / "s.json")) == rows
+    main(["--scores", str(tmp_path / "s.json"), "--json", str(tmp_path / "r.json")])
+    assert (tmp_path / "r.json").is_file()
     # One outlying normal among five moves the production fit far and the robust one little.
     clean = np.array([10.0, 10.5, 11.0, 9.5, 10.2])
     spoilt = np.r_[clean[:4], 50.0]
