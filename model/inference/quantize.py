@@ -55,10 +55,10 @@ OWN_TOOL = {"onnxruntime": "onnxruntime", "openvino": "nncf"}
 def own_tool(runtime: str) -> str:
     """The runtime's own quantiser (NNCF for OpenVINO: measured faster under OpenVINO than
     ONNX Runtime's placement, bench/RESULTS.md "int8"), ONNX Runtime's where NNCF is absent."""
-    from importlib.util import find_spec
+    from model.inference.runtimes import installed
 
     tool = OWN_TOOL.get(runtime, "onnxruntime")
-    return tool if tool != "nncf" or find_spec("nncf") is not None else "onnxruntime"
+    return tool if installed(tool) else "onnxruntime"
 
 
 def quantised_nodes(path: Path, scope: str) -> list[str]:
