@@ -80,6 +80,11 @@ ARMS: dict[str, Arm] = {
         ),
         Arm("grids-16-8", "local grid 16, global grid 8", {"local_grid": 16, "global_grid": 8}),
         Arm(
+            "standardise-grids-16-8",
+            "features standardised per channel, and local grid 16, global grid 8",
+            {"standardise": True, "local_grid": 16, "global_grid": 8},
+        ),
+        Arm(
             "top-1pct",
             "image score: mean of the map's top 1 % (baseline weights)",
             {"image_score": "top-1pct"},

@@ -289,3 +289,21 @@ def test_the_screen_trains_evaluates_and_tabulates_each_arm(sample_data, tmp_pat
     rows = levers.table(results).splitlines()
     assert rows[2].startswith("| baseline | 0 | ") and rows[3].startswith("| top-1pct | 0 | ")
     assert f"{base['mean']['image_auroc']:.3f}" in rows[2]
+
+
+def test_every_screen_arm_names_options_that_exist():
+    """An arm is a set of `TrainOptions` / `ModelSettings` fields: a misspelt or invalid one
+    must fail here, not an hour into a screen's run."""
+    from bench.levers import ARMS
+    from model.settings import ModelSettings
+    from model.training.options import TrainOptions
+
+    for arm in ARMS.values():
+        options = TrainOptions(variant="crad-s", **arm.options)  # type: ignore[arg-type]
+        for key, value in arm.options.items():
+            assert getattr(options, key) == value, (arm.name, key)
+        settings = ModelSettings(device="cpu", **arm.settings)
+        for key, value in arm.settings.items():
+            assert getattr(settings, key) == value, (arm.name, key)
+    combined = ARMS["standardise-grids-16-8"].options
+    assert combined == {"standardise": True, "local_grid": 16, "global_grid": 8}
