@@ -287,8 +287,10 @@ def rule_margin(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
 def rule_train_spread_margin(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
     """Both: the class's own training spread and the other classes' later margin."""
     spread, margin = own_spread(s, ctx), later_margin(ctx)
-    if spread is None or margin is None:
-        return rule_train_spread(s, fpr, ctx) if margin is None else rule_margin(s, fpr, ctx)
+    if margin is None:
+        return rule_train_spread(s, fpr, ctx)
+    if spread is None:
+        return rule_margin(s, fpr, ctx)
     sd = spread * math.sqrt(1.0 + 1.0 / s.size)
     return math.exp(log_stats(s)[0] + sd * (margin[0] + _z(fpr) * margin[1]))
 
@@ -331,6 +333,7 @@ def rebuild_split(inspector: Inspector, data: Path) -> Split:
 
 
 def score_paths(inspector: Inspector, paths: list[Path], cls: str) -> np.ndarray:
+    """Scores of `paths` as `cls`, 32 at a time (an empty list gives an empty array)."""
     chunks = [paths[i : i + 32] for i in range(0, len(paths), 32)]
     return np.concatenate(
         [np.zeros(0)]

@@ -26,7 +26,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +126,8 @@ def judge(
     """Make the reduced form of `checkpoint` for `runtime`, measure it against fp32 on `data`,
     and approve it or remove it; `progress` is told each step in a line."""
     say = progress or (lambda line: None)
+    if options.int8_tool == "auto":  # resolved once: what makes the graph is what the report says
+        options = replace(options, int8_tool=own_tool(runtime))
     blob = checkpoint.read_bytes()
     fp32 = Inspector.from_checkpoint(blob, options.device)  # once; the three runtimes share it
     check_supported(runtime, precision, fp32.device)
@@ -147,7 +149,7 @@ def judge(
     size = fp32.meta.image_size
     report.speed = measure_speed(runs, size, options.seconds, options.turns, say)
     if precision == "int8":
-        report.quantiser = f"{options.int8_scope}, {int8_tool(options, runtime)}"
+        report.quantiser = f"{options.int8_scope}, {options.int8_tool}"
     decide(report)
     record(report, blob, cache_dir)
     return report
@@ -184,20 +186,14 @@ def make_reduced(
     if precision != "int8":
         return build_runtime(runtime, fp32.graph(), fp32.device, blob, cache_dir, precision)
     source = cached_onnx(fp32.graph(), blob, cache_dir)
-    tool = int8_tool(options, runtime)
     say(
-        f"quantising to int8 ({options.int8_scope}, {tool}), calibrated on "
-        f"{len(calibration)} "
-        "held-out normal images"
+        f"quantising to int8 ({options.int8_scope}, {options.int8_tool}), calibrated on "
+        f"{len(calibration)} held-out normal images"
     )
     candidate = _candidate(cache_dir, blob, runtime)
     batches = _batches(calibration, fp32.meta.image_size)
-    quantize_int8(source, batches, candidate, options.int8_scope, tool)
+    quantize_int8(source, batches, candidate, options.int8_scope, options.int8_tool)
     return exported_runtime(runtime, candidate, fp32.device, cache_dir, "int8")
-
-
-def int8_tool(options: GateOptions, runtime: str) -> str:
-    return own_tool(runtime) if options.int8_tool == "auto" else options.int8_tool
 
 
 def _candidate(cache_dir: Path, blob: bytes, runtime: str) -> Path:

@@ -148,10 +148,9 @@ def _quantize_nncf(fp32: Path, calibration: Iterable[np.ndarray], out: Path, sco
 
     nncf.set_log_level(logging.WARNING)  # it narrates every quantiser it places at INFO
     model = onnx.load(str(fp32))
-    keep = set(quantised_nodes(fp32, scope))
-    if scope == "all":
-        ignored = []
-    else:
+    ignored: list[str] = []
+    if scope != "all":
+        keep = set(quantised_nodes(fp32, scope))
         ignored = [
             n.name
             for n in model.graph.node
