@@ -138,7 +138,15 @@ def load_scored(path: Path) -> Scored:
 
 
 def rule_production(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
+    """What training stores (`calibrate`): the exponential tail from STEADY_COUNT normals,
+    the log-normal fit below."""
     return calibrate(s, fpr).threshold
+
+
+def rule_lognormal(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
+    """A log-normal fitted to all the scores (production until 2026-12-08, and the family the
+    shrunk, margin and training-spread rules adjust)."""
+    return lognormal_quantile(*log_stats(s), fpr)
 
 
 def rule_robust(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
@@ -208,7 +216,7 @@ def rule_pooled_tail(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
     sd. A heavier tail than the log-normal's shows as a larger z for every class."""
     pooled = np.concatenate([loo_residuals(x) for x in (*ctx.others_held, s)])
     if pooled.size * fpr < 1:  # the pool cannot reach this tail: the log-normal's z
-        return rule_production(s, fpr)
+        return rule_lognormal(s, fpr)
     mu, sd = log_stats(s)
     return math.exp(mu + float(np.quantile(pooled, 1.0 - fpr)) * sd)
 
@@ -264,7 +272,7 @@ def rule_train_spread(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
     held-out ones, which is a property of the model rather than of a product."""
     spread = own_spread(s, ctx)
     if spread is None:
-        return rule_production(s, fpr)
+        return rule_lognormal(s, fpr)
     return lognormal_quantile(log_stats(s)[0], spread * math.sqrt(1.0 + 1.0 / s.size), fpr)
 
 
@@ -275,11 +283,11 @@ def later_margin(ctx: Context) -> tuple[float, float] | None:
 
 
 def rule_margin(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
-    """The production fit moved by the held-out-to-later margin measured on the other
+    """The log-normal fit moved by the held-out-to-later margin measured on the other
     classes: mu + sd (shift + z * widening)."""
     margin = later_margin(ctx)
     if margin is None:
-        return rule_production(s, fpr)
+        return rule_lognormal(s, fpr)
     mu, sd = log_stats(s)
     return math.exp(mu + sd * (margin[0] + _z(fpr) * margin[1]))
 
@@ -297,7 +305,8 @@ def rule_train_spread_margin(s: np.ndarray, fpr: float, ctx: Context = NONE) -> 
 
 Rule = Callable[[np.ndarray, float, Context], float]
 RULES: dict[str, Rule] = {
-    "production (mean, sd of log-scores)": rule_production,
+    "production (exponential tail from 20 normals)": rule_production,
+    "log-normal (mean, sd of log-scores)": rule_lognormal,
     "robust (median, MAD of log-scores)": rule_robust,
     "predictive (Student t bound)": rule_predictive,
     "shrunk spread (pooled over classes)": rule_shrunk,
@@ -379,7 +388,10 @@ def compare(scored: Scored) -> dict:
     rows: dict = {}
     for c, v in scores.items():
         threshold, fpr = scored.stored[c]
+        # a checkpoint calibrated before 2026-12-08 holds the log-normal threshold
         reproduced = rule_production(v.held, fpr)
+        if not math.isclose(reproduced, threshold, rel_tol=1e-3):
+            reproduced = rule_lognormal(v.held, fpr)
         if not math.isclose(reproduced, threshold, rel_tol=1e-3):
             raise SystemExit(
                 f"{c}: held-out scores give threshold {reproduced:.3f}, the checkpoint holds "

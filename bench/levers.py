@@ -13,6 +13,15 @@ command, the checkpoint's version) into `bench/levers/ARM-sSEED.json`. Those sum
 committed: a screen spans several sessions (each arm is about an hour of this CPU), and the
 table is always made from what a script measured, never typed in.
 
+`--confirm` trains the arms on the default model instead (the default decoder at its spec
+length: CRAD, 50 epochs, x0.1 at 40, batch 16, the schedule of the README's default run), the
+issue's confirmation of what the screen found; its summaries go to `bench/levers/confirm/`,
+beside the screen's and never mixed with them in one table:
+
+    python -m bench.levers run --confirm --data ../shared/data/industrial --arms standardise \
+        --seeds 0
+    python -m bench.levers table --confirm
+
 An arm that changes only how a map becomes a score (`rescore`) reuses the baseline's weights of
 the same seed, recalibrated with its rule (training does not depend on the score), so the
 comparison isolates the score.
@@ -39,7 +48,7 @@ from bench.throughput import measure
 from model.evaluation.run import evaluate
 from model.inference.checkpoint import load_checkpoint, read_meta
 from model.inference.inspector import Inspector
-from model.net.config import TrainConfig
+from model.net.config import DECODERS, DEFAULT_VARIANT, TrainConfig
 from model.settings import ModelSettings
 from model.training.options import TrainOptions
 from model.training.run import train
@@ -47,6 +56,21 @@ from schemas import CheckpointMeta
 
 RESULTS = Path(__file__).resolve().parent / "levers"
 VARIANT, EPOCHS, STEP_EPOCHS, BATCH = "crad-s", 40, 30, 16  # the screening schedule
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How an arm is trained: the screen's cheap schedule, or the default model's."""
+
+    name: str
+    variant: str
+    epochs: int
+    step_epochs: int
+    batch_size: int = BATCH
+
+
+SCREEN = Schedule("screen", VARIANT, EPOCHS, STEP_EPOCHS)
+CONFIRM = Schedule("confirm", DEFAULT_VARIANT, DECODERS[DEFAULT_VARIANT].reference_epochs, 40)
 
 
 @dataclass(frozen=True)
@@ -96,7 +120,9 @@ ARMS: dict[str, Arm] = {
 
 def train_arm(arm: Arm, seed: int, args: argparse.Namespace) -> Path:
     """The arm's checkpoint for this seed, trained unless it is already there."""
-    ckpt = args.out / arm.name / f"seed-{seed}" / "model.safetensors"
+    sched: Schedule = args.schedule
+    root = args.out if sched is SCREEN else args.out / sched.name
+    ckpt = root / arm.name / f"seed-{seed}" / "model.safetensors"
     if ckpt.is_file():
         return ckpt
     settings = ModelSettings(device=args.device, **arm.settings)
@@ -104,11 +130,14 @@ def train_arm(arm: Arm, seed: int, args: argparse.Namespace) -> Path:
         tensors, meta = load_checkpoint(train_arm(ARMS["baseline"], seed, args))
         parent = meta.model_copy(update=arm.options)
         options = TrainOptions(init_from=(tensors, parent), provenance={"weights_of": meta.version})
-        cfg = TrainConfig(epochs=0, seed=seed, batch_size=BATCH)
+        cfg = TrainConfig(epochs=0, seed=seed, batch_size=sched.batch_size)
     else:
-        options = TrainOptions(variant=VARIANT, **arm.options)  # type: ignore[arg-type]
+        options = TrainOptions(variant=sched.variant, **arm.options)  # type: ignore[arg-type]
         cfg = TrainConfig(
-            epochs=args.epochs, step_epochs=args.step_epochs, batch_size=BATCH, seed=seed
+            epochs=args.epochs or sched.epochs,
+            step_epochs=args.step_epochs or sched.step_epochs,
+            batch_size=sched.batch_size,
+            seed=seed,
         )
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     train(args.data, ckpt, cfg, settings, options)
@@ -215,11 +244,17 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["baseline"])
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     run.add_argument("--device", default="auto")
-    run.add_argument("--epochs", type=int, default=EPOCHS, help="the screen's length")
-    run.add_argument("--step-epochs", type=int, default=STEP_EPOCHS, help="x0.1 at this epoch")
+    run.add_argument("--epochs", type=int, help="the schedule's length unless given")
+    run.add_argument("--step-epochs", type=int, help="x0.1 at this epoch (the schedule's)")
     for cmd in (run, sub.add_parser("table", help="the Markdown table of the results")):
-        cmd.add_argument("--results", type=Path, default=RESULTS, help="summaries' folder")
+        cmd.add_argument("--results", type=Path, help="summaries' folder (the schedule's)")
+        cmd.add_argument(
+            "--confirm", action="store_true", help="the default model's schedule, not the screen's"
+        )
     args = p.parse_args(argv)
+    args.schedule = CONFIRM if args.confirm else SCREEN
+    if args.results is None:
+        args.results = RESULTS / "confirm" if args.confirm else RESULTS
     if args.command == "run":
         for arm in args.arms:
             for seed in args.seeds:

@@ -45,7 +45,9 @@ class ClassCalibration(BaseModel):
     median: float
     q99: float
     max: float
-    method: str = Field(description="how the threshold was set, e.g. 'lognormal' or 'empirical'")
+    method: str = Field(
+        description="how the threshold was set, 'empirical', 'exponential tail' or 'lognormal'"
+    )
     # The normal scores themselves (sorted; evenly spaced quantiles of them past
     # REFERENCE_POINTS), what drift is measured against (`model.metrics.drift`). Empty for a
     # calibration made before they were kept: drift then uses the log-normal it describes.

@@ -146,7 +146,7 @@ def test_sample_size_study_measures_what_few_normal_images_cost():
     good = rng.lognormal(0.0, 0.3, 20000)
     defect = rng.lognormal(1.0, 0.3, 2000)
     rows = sample_size_study(held, good, defect, [5, 40], draws=1500, fpr=0.01, seed=1)
-    prod, pred = "production (mean, sd of log-scores)", "predictive (Student t bound)"
+    prod, pred = "log-normal (mean, sd of log-scores)", "predictive (Student t bound)"
     assert rows[5][prod]["fpr_mean"] > 0.02
     assert abs(rows[5][pred]["fpr_mean"] - 0.01) < 0.003
     assert rows[5][pred]["recall_mean"] < rows[5][prod]["recall_mean"]  # the price of the bound
@@ -208,9 +208,9 @@ def test_pooled_rules_borrow_the_other_classes_spread_and_tail():
     from bench.calibration import (
         ClassScores,
         Context,
+        rule_lognormal,
         rule_max,
         rule_pooled_tail,
-        rule_production,
         rule_shrunk,
         sample_size_study,
     )
@@ -222,14 +222,14 @@ def test_pooled_rules_borrow_the_other_classes_spread_and_tail():
     rng = np.random.default_rng(5)
     others = pool([rng.lognormal(m, 0.3, 60) for m in (1.0, 2.0, 3.0)])
     spoilt = np.exp(np.array([0.0, 0.1, -0.1, 0.05, 1.5]))
-    assert rule_shrunk(spoilt, 0.01, others) < 0.6 * rule_production(spoilt, 0.01)
+    assert rule_shrunk(spoilt, 0.01, others) < 0.6 * rule_lognormal(spoilt, 0.01)
     logs = np.log(spoilt)
     alone = lognormal_quantile(logs.mean(), logs.std(ddof=1) * np.sqrt(1 + 1 / 5), 0.01)
     assert rule_shrunk(spoilt, 0.01) == pytest.approx(alone)
     heavy = pool([np.exp(0.3 * rng.standard_t(2, 200) + m) for m in (1.0, 2.0)])
     clean = rng.lognormal(0.0, 0.3, 40)
-    assert rule_pooled_tail(clean, 0.01, heavy) > 1.2 * rule_production(clean, 0.01)
-    assert rule_pooled_tail(clean[:5], 0.01) == rule_production(clean[:5], 0.01)  # no pool
+    assert rule_pooled_tail(clean, 0.01, heavy) > 1.2 * rule_lognormal(clean, 0.01)
+    assert rule_pooled_tail(clean[:5], 0.01) == rule_lognormal(clean[:5], 0.01)  # no pool
     assert rule_max(clean, 0.01) == clean.max()
     # Commissioning on five scores: borrowing the spread brings the false-positive rate
     # near its target and steadies the threshold.
@@ -237,7 +237,7 @@ def test_pooled_rules_borrow_the_other_classes_spread_and_tail():
     defect = rng.lognormal(1.0, 0.3, 2000)
     rows = sample_size_study(held, good, defect, [5], 1500, 0.01, seed=2, ctx=others)[5]
     prod, shrunk = (
-        rows["production (mean, sd of log-scores)"],
+        rows["log-normal (mean, sd of log-scores)"],
         rows["shrunk spread (pooled over classes)"],
     )
     assert prod["fpr_mean"] > 0.02 and shrunk["fpr_mean"] < 0.015
@@ -259,8 +259,8 @@ def test_out_of_sample_rules_read_the_class_own_spread_and_the_other_classes_mar
         Context,
         drift_of,
         pooled_drift,
+        rule_lognormal,
         rule_margin,
-        rule_production,
         rule_shrunk,
         rule_train_spread,
         sample_size_study,
@@ -287,23 +287,23 @@ def test_out_of_sample_rules_read_the_class_own_spread_and_the_other_classes_mar
     ctx = Context(others, new.train)
     fpr_of = {
         name: float((new.later > rule(new.held, 0.01, ctx)).mean())
-        for name, rule in (("production", rule_production), ("margin", rule_margin))
+        for name, rule in (("production", rule_lognormal), ("margin", rule_margin))
     }
     assert fpr_of["production"] > 0.05
     assert fpr_of["margin"] < 0.025
-    assert rule_margin(new.held, 0.01) == rule_production(new.held, 0.01)  # nothing to learn from
+    assert rule_margin(new.held, 0.01) == rule_lognormal(new.held, 0.01)  # nothing to learn from
     # A tight class among wide ones: its own training spread, not the others'.
     tight = cls(0.0, 0.1, 40)
     tight_ctx = Context(others, tight.train)
     own = rule_train_spread(tight.held[:5], 0.01, tight_ctx)
     borrowed = rule_shrunk(tight.held[:5], 0.01, tight_ctx)
-    reference = rule_production(tight.held, 0.01)
+    reference = rule_lognormal(tight.held, 0.01)
     assert abs(np.log(own / reference)) < abs(np.log(borrowed / reference))
-    assert rule_train_spread(tight.held[:5], 0.01) == rule_production(tight.held[:5], 0.01)
+    assert rule_train_spread(tight.held[:5], 0.01) == rule_lognormal(tight.held[:5], 0.01)
     rows = sample_size_study(
         tight.held, tight.later, tight.later * 3, [5], 800, 0.01, seed=4, ctx=tight_ctx
     )[5]
-    prod, trained = rows["production (mean, sd of log-scores)"], rows["own training spread"]
+    prod, trained = rows["log-normal (mean, sd of log-scores)"], rows["own training spread"]
     width = {k: r["threshold_p90"] - r["threshold_p10"] for k, r in (("p", prod), ("t", trained))}
     assert width["t"] < 0.6 * width["p"]
 
@@ -322,3 +322,21 @@ def test_rules_are_summarised_over_checkpoints_per_class():
     assert first.startswith(f"| {next(iter(RULES))} |")
     assert "0.020 (0.010–0.030) / 0.600 (0.500–0.700)" in first
     assert len(lines) == 3 + len(RULES)
+
+
+def test_calibration_bench_accepts_scores_stored_under_either_production_rule():
+    """Checkpoints calibrated before the exponential tail hold log-normal thresholds (the
+    committed scores in bench/calibration/): compare() reproduces either, refuses any other."""
+    import numpy as np
+
+    from bench.calibration import ClassScores, Scored, compare, rule_lognormal, rule_production
+
+    held = np.random.default_rng(1).lognormal(0.0, 0.3, 40)
+    cls = ClassScores(held, later=held * 1.01)
+    defects = {"mt": held * 3}
+    for rule in (rule_production, rule_lognormal):
+        scored = Scored("x", {"mt": cls}, defects, {"mt": (rule(held, 0.01), 0.01)})
+        assert compare(scored)["mt"]["heldout"] == 40
+    assert rule_production(held, 0.01) != pytest.approx(rule_lognormal(held, 0.01))
+    with pytest.raises(SystemExit, match="not the split"):
+        compare(Scored("x", {"mt": cls}, defects, {"mt": (held.max() * 2, 0.01)}))

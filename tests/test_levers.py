@@ -30,7 +30,7 @@ from model.inference.graph_export import check
 from model.inference.inspector import Inspector, ServeOptions
 from model.inference.parity import SCORE_RTOL
 from model.net.backbone import build_backbone, to_grid
-from model.net.config import HeadConfig, TrainConfig
+from model.net.config import DECODERS, DEFAULT_VARIANT, HeadConfig, TrainConfig
 from model.net.grad import GRADHead
 from model.net.scoring import image_scores, top_count
 from model.net.standardise import STD_FLOOR, channel_statistics
@@ -289,6 +289,14 @@ def test_the_screen_trains_evaluates_and_tabulates_each_arm(sample_data, tmp_pat
     rows = levers.table(results).splitlines()
     assert rows[2].startswith("| baseline | 0 | ") and rows[3].startswith("| top-1pct | 0 | ")
     assert f"{base['mean']['image_auroc']:.3f}" in rows[2]
+    # The confirmation: the default decoder, its checkpoints and summaries apart from the screen's.
+    confirmed = tmp_path / "confirmed"
+    levers.main([*argv[:7], "--confirm", "--arms", "baseline", "--seeds", "0", "--epochs", "1",
+                 "--results", str(confirmed)])  # fmt: skip
+    crad = json.loads((confirmed / "baseline-s0.json").read_text())
+    assert crad["schedule"] == {"variant": DEFAULT_VARIANT, "epochs": 1} != base["schedule"]
+    assert (runs / "confirm" / "baseline" / "seed-0" / "model.safetensors").is_file()
+    assert levers.CONFIRM.epochs == DECODERS[DEFAULT_VARIANT].reference_epochs
 
 
 def test_every_screen_arm_names_options_that_exist():
