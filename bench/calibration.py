@@ -51,7 +51,12 @@ from model.data.images import read_image
 from model.data.mvtec import test_items, train_images
 from model.evaluation.run import image_labels, score_items
 from model.inference.inspector import Inspector
-from model.metrics.calibration import calibrate, lognormal_quantile
+from model.metrics.calibration import (
+    STEADY_COUNT,
+    calibrate,
+    exponential_tail_quantile,
+    lognormal_quantile,
+)
 from model.net.config import TrainConfig
 from model.training.split import split_heldout
 
@@ -138,9 +143,17 @@ def load_scored(path: Path) -> Scored:
 
 
 def rule_production(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
-    """What training stores (`calibrate`): the exponential tail from STEADY_COUNT normals,
-    the log-normal fit below."""
+    """What training stores (`calibrate`): from STEADY_COUNT normals the higher of the
+    exponential tail and the log-normal fit, the log-normal fit below."""
     return calibrate(s, fpr).threshold
+
+
+def rule_exponential_tail(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
+    """The exponential tail over the top fifth of the log-scores alone (log-normal below
+    STEADY_COUNT, as production)."""
+    if s.size < STEADY_COUNT:
+        return rule_lognormal(s, fpr)
+    return exponential_tail_quantile(np.log(np.clip(s, 1e-12, None)), fpr)
 
 
 def rule_lognormal(s: np.ndarray, fpr: float, ctx: Context = NONE) -> float:
@@ -305,7 +318,8 @@ def rule_train_spread_margin(s: np.ndarray, fpr: float, ctx: Context = NONE) -> 
 
 Rule = Callable[[np.ndarray, float, Context], float]
 RULES: dict[str, Rule] = {
-    "production (exponential tail from 20 normals)": rule_production,
+    "production (higher of the two from 20 normals)": rule_production,
+    "exponential tail (top fifth of log-scores)": rule_exponential_tail,
     "log-normal (mean, sd of log-scores)": rule_lognormal,
     "robust (median, MAD of log-scores)": rule_robust,
     "predictive (Student t bound)": rule_predictive,
