@@ -76,13 +76,17 @@ def browser() -> Iterator[object]:
 
 
 def sign_in(driver, base: str, name: str) -> None:
+    """Sign in and wait until the station has answered: a page opened before the session
+    cookie is set lands on the login form (seen once in CI on a loaded machine)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(base + "/")
     assert "/login" in driver.current_url
     driver.find_element(By.NAME, "name").send_keys(name)
     driver.find_element(By.NAME, "password").send_keys(PASSWORDS[name])
     driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(driver, 10).until(lambda d: "/login" not in d.current_url)
 
 
 def test_a_reviewer_labels_with_the_keyboard_and_the_next_inspection_opens(
